@@ -1,0 +1,39 @@
+"""shibajax: a GPU-accelerated, differentiable, multi-orbital Shiba (Yu-Shiba-Rusinov) solver in JAX.
+
+The pipeline reads model -> Brillouin zone -> Green's function -> T-matrix -> bound states:
+
+    >>> import shibajax
+    >>> model = shibajax.models.square(t=1.0, mu=-1.0, delta=0.3, rashba=0.4)
+    >>> states = shibajax.bound_states(model, shibajax.Impurity(site=(0, 0), J=1.5), kgrid=(16, 16))
+
+``import shibajax`` switches JAX to float64/complex128 (see docs/conventions.md).
+"""
+
+from shibajax import _precision  # noqa: F401  (first: float64 before any array is made)
+from shibajax import models
+from shibajax.bound_states import BoundStateBatch, BoundStates, bound_state_energies, bound_states
+from shibajax.brillouin_zone import gap_edge, monkhorst_pack
+from shibajax.greens_function import greens_function
+from shibajax.impurities import Channel, Impurity, impurity_potential
+from shibajax.tmatrix import LDOS, greens_function_with_impurities, ldos, t_matrix
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LDOS",
+    "BoundStateBatch",
+    "BoundStates",
+    "Channel",
+    "Impurity",
+    "bound_state_energies",
+    "bound_states",
+    "gap_edge",
+    "greens_function",
+    "greens_function_with_impurities",
+    "impurity_potential",
+    "ldos",
+    "models",
+    "monkhorst_pack",
+    "t_matrix",
+    "__version__",
+]

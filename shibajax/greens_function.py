@@ -1,0 +1,142 @@
+"""Bare Green's function of a BdG model, summed over the Brillouin zone.
+
+    G0(d, z) = (1/N) sum_k exp(i k.d) [z - H_BdG(k)]^-1 = (1/N) sum_k exp(i k.d) sum_n |n_k><n_k| / (z - E_n(k))
+
+for displacements d = r - r' (integer lattice coordinates) and complex or real energies z. The kernel works
+on one chunk of k-points (eigendecomposition once per k, then every energy and displacement by one matrix
+product) and ``lax.scan`` runs it over chunks, so memory does not grow with the number of k-points.
+Powers p > 1 give (1/N) sum_k e^{ik.d} [z - H(k)]^-p, used for dG0/dE = -G0^2 and for normalising bound states.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from shibajax import _precision  # noqa: F401
+from shibajax.brillouin_zone import bdg_eigensystem, chunked_kpoints, default_chunk_size, validate_kgrid
+from shibajax.errors import BroadeningError, ShapeError
+from shibajax.models.tight_binding import TightBindingModel
+
+
+def _chunk_green(energies_k, vectors_k, k, weights, z, displacements, max_power):
+    """Sum over one chunk of k: returns a tuple of (n_z, n_d, M, M) arrays for powers 1..max_power.
+
+    energies_k (c, M), vectors_k (c, M, M), k (c, dim), weights (c,), z (n_z,), displacements (n_d, dim).
+    """
+    phase = jnp.exp(1j * (k @ displacements.T)) * weights[:, None]  # (c, n_d)
+    right = phase[:, :, None, None] * vectors_k.conj()[:, None, :, :]  # (c, n_d, b, n)
+    resolvent = 1.0 / (z[:, None, None] - energies_k[None])  # (n_z, c, n)
+    out = []
+    power = resolvent
+    for p in range(1, max_power + 1):
+        if p > 1:
+            power = power * resolvent
+        left = vectors_k[None] * power[:, :, None, :]  # (n_z, c, a, n)
+        out.append(jnp.einsum("zkan,kdbn->zdab", left, right))
+    return tuple(out)
+
+
+@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "max_power"))
+def bare_greens_sum(model, displacements, z, *, kgrid, chunk_size, max_power=1):
+    """Jitted core of :func:`greens_function`: tuple of (n_z, n_d, M, M) complex128 for powers 1..max_power.
+
+    displacements (n_d, dim) float/int, z (n_z,) complex; kgrid and chunk_size static.
+    """
+    z = jnp.asarray(z, dtype=jnp.complex128)
+    disp = jnp.asarray(displacements, dtype=jnp.float64)
+    kpts, weights = chunked_kpoints(kgrid, chunk_size)
+    m = model.nambu_dim
+    zero = tuple(jnp.zeros((z.shape[0], disp.shape[0], m, m), jnp.complex128) for _ in range(max_power))
+
+    def body(acc, xs):
+        kc, wc = xs
+        e, u = bdg_eigensystem(model, kc)
+        part = _chunk_green(e, u, kc, wc, z, disp, max_power)
+        return tuple(a + p for a, p in zip(acc, part, strict=True)), None
+
+    acc, _ = jax.lax.scan(body, zero, (kpts, weights))
+    n_k = math.prod(kgrid)
+    return tuple(a / n_k for a in acc)
+
+
+def green_chunk_size(model: TightBindingModel, kgrid, n_z: int, n_d: int) -> int:
+    """Default k-chunk for a G0 sum over n_z energies and n_d displacements (bounded memory)."""
+    m = model.nambu_dim
+    return default_chunk_size(math.prod(kgrid), m * m * max(n_z, n_d, 4))
+
+
+def validate_eta(eta) -> float:
+    """Return eta as a positive float or raise BroadeningError."""
+    try:
+        value = float(eta)
+    except (TypeError, ValueError) as err:
+        raise BroadeningError(f"eta = {eta!r} must be a positive number (energy units)") from err
+    if not np.isfinite(value) or value <= 0.0:
+        raise BroadeningError(
+            f"eta = {eta!r}: the retarded Green's function needs eta > 0 (z = E + i eta). "
+            "For real energies inside the gap pass eta=None"
+        )
+    return value
+
+
+def validate_displacements(displacements, dim: int, what: str = "displacements") -> np.ndarray:
+    """Return integer lattice vectors as an (n, dim) int array, or raise ShapeError."""
+    arr = np.asarray(displacements)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ShapeError(f"{what} must have shape (n, {dim}) (integer lattice coordinates); got {arr.shape}")
+    if not np.all(np.isfinite(arr)) or not np.all(np.equal(np.mod(arr, 1), 0)):
+        raise ShapeError(f"{what} must be integer lattice coordinates (sites of the lattice); got {arr.tolist()}")
+    return arr.astype(np.int64)
+
+
+def complex_energies(energies, eta) -> jax.Array:
+    """z = E + i eta (eta > 0 checked) or real E (eta=None), shape (n_E,) complex128."""
+    e = jnp.atleast_1d(jnp.asarray(energies, dtype=jnp.float64))
+    if e.ndim != 1:
+        raise ShapeError(f"energies must be a scalar or a 1D array; got shape {e.shape}")
+    if eta is None:
+        return e.astype(jnp.complex128)
+    return e + 1j * validate_eta(eta)
+
+
+def greens_function(
+    model: TightBindingModel,
+    displacements,
+    energies,
+    *,
+    eta: float | None = None,
+    kgrid,
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """Bare BdG Green's function G0(d, E + i eta) on a Gamma-centred grid.
+
+    Args:
+        model: BdG model.
+        displacements: (n_d, dim) integer lattice vectors d = r - r' (or one vector).
+        energies: (n_E,) energies (energy units).
+        eta: broadening > 0 for the retarded function; None for real energies (meant for |E| inside the gap).
+        kgrid: grid size per dimension, e.g. (64, 64).
+        chunk_size: k-points per chunk (default: from a 64 MiB budget).
+
+    Returns:
+        (n_E, n_d, 4 n_orb, 4 n_orb) complex128 in the Nambu basis of docs/conventions.md.
+
+    Example:
+        >>> import shibajax
+        >>> m = shibajax.models.square(mu=-1.0, delta=0.3)
+        >>> shibajax.greens_function(m, [(0, 0)], [0.0], kgrid=(8, 8)).shape
+        (1, 1, 4, 4)
+    """
+    kgrid = validate_kgrid(kgrid, model.dim)
+    disp = validate_displacements(displacements, model.dim)
+    z = complex_energies(energies, eta)
+    if chunk_size is None:
+        chunk_size = green_chunk_size(model, kgrid, z.shape[0], disp.shape[0])
+    return bare_greens_sum(model, disp, z, kgrid=kgrid, chunk_size=int(chunk_size))[0]
