@@ -121,10 +121,12 @@ def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid,
         fp = jnp.real(jnp.einsum("ka,kab,kb->k", v.conj(), da, v))
         lo = jnp.where(f < 0, x, lo)
         hi = jnp.where(f < 0, hi, x)
-        newton = x - f / fp
-        ok = (newton > lo) & (newton < hi) & jnp.isfinite(newton)
-        x_new = jnp.where(ok, newton, 0.5 * (lo + hi))
-        now_done = done | (jnp.abs(x_new - x) < atol) | (hi - lo < atol) | (f == 0)
+        step = f / fp
+        newton = x - step
+        ok = (newton >= lo) & (newton <= hi) & jnp.isfinite(newton)
+        exact = f == 0  # landed on the root: keep it (a bisection step would leave it)
+        x_new = jnp.where(exact, x, jnp.where(ok, newton, 0.5 * (lo + hi)))
+        now_done = done | exact | (ok & (jnp.abs(step) < atol)) | (hi - lo < atol)
         return lo, hi, jnp.where(done, x, x_new), now_done, it + 1
 
     lo0 = jnp.full(r, -e_max)

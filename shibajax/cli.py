@@ -1,0 +1,123 @@
+"""Command line: ``shibajax demo`` (a multi-channel adatom calculation) and ``shibajax info`` (versions).
+
+Errors in the input (every :class:`shibajax.errors.ShibajaxError`) are printed as ``error: <message>``
+with exit status 2, like argparse's own usage errors; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from importlib import metadata
+
+from shibajax import __version__
+from shibajax.errors import ShibajaxError
+
+_PACKAGES = ("jax", "jaxlib", "numpy", "scipy", "optax", "matplotlib")
+
+
+def _version_of(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        try:
+            return str(__import__(package).__version__)
+        except Exception:  # noqa: BLE001  (a missing optional package is reported, not raised)
+            return "not installed"
+
+
+def collect_info() -> dict:
+    """Versions, JAX backend and devices, and the precision in force, as a JSON-ready dict."""
+    import jax
+
+    from shibajax._precision import precision_report
+
+    return {
+        "shibajax": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _version_of(name) for name in _PACKAGES},
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "precision": precision_report(),
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [("shibajax", info["shibajax"]), ("python", info["python"]), ("platform", info["platform"])]
+    rows += list(info["packages"].items())
+    rows += [("jax backend", info["jax_backend"]), ("devices", ", ".join(info["devices"]))]
+    p = info["precision"]
+    rows.append(("precision", f"{p['real']} / {p['complex']} (jax_enable_x64 = {p['jax_enable_x64']})"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from shibajax import demo
+
+    config = demo.load_config(args.config) if args.config else None
+    L = demo.resolve_config(config, kgrid=args.kgrid)["kgrid"]  # checks the config before any work
+    print(f"shibajax demo: computing on a {L} x {L} k-grid ...", flush=True)
+    result = demo.run_demo(args.out, kgrid=args.kgrid, config=config)
+    print(result.report())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``shibajax`` command."""
+    parser = argparse.ArgumentParser(
+        prog="shibajax",
+        description="shibajax: Shiba (Yu-Shiba-Rusinov) bound states of magnetic impurities in superconductors, "
+        "in JAX (float64).",
+    )
+    parser.add_argument("--version", action="version", version=f"shibajax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,info}")
+
+    demo = sub.add_parser(
+        "demo",
+        help="two-channel adatom on a two-orbital s-wave superconductor: Shiba energies and LDOS",
+        description="Compute the Shiba states and the LDOS of a two-channel magnetic adatom on a two-orbital "
+        "square-lattice s-wave superconductor; write bound_states.json, ldos.csv and ldos.png.",
+    )
+    demo.add_argument("--out", default="shibajax-demo", metavar="DIR", help="output folder (default: %(default)s)")
+    demo.add_argument("--kgrid", type=int, default=None, metavar="L", help="use an L x L k-grid (default: 64)")
+    demo.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE.toml",
+        help="TOML file overriding model parameters (t, t_inter, onsite, mu, delta, rashba), the impurity "
+        "(spin, channels = [{K, J, orbitals}, ...]), kgrid, eta and n_energies; see shibajax/demo.py",
+    )
+    demo.set_defaults(func=_cmd_demo)
+
+    info = sub.add_parser("info", help="versions, JAX backend and devices, numerical precision")
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``shibajax`` command; returns the exit status (0 ok, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except ShibajaxError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
