@@ -76,7 +76,12 @@ def _dressed_greens(model, potential, disp, idx_imp, idx_left, idx_right, idx_ba
     return bare + corr
 
 
-def _prepare(model, impurities, positions, positions_prime):
+def _prepare(model, impurities, positions, positions_prime, diagonal_only=False):
+    """Unique displacements of a G(r, r') evaluation and the index arrays into them.
+
+    With diagonal_only, positions_prime must equal positions and only r = r' is needed (the LDOS), so the
+    bare term needs d = 0 alone instead of all n_pos^2 pairs.
+    """
     pos = validate_displacements(positions, model.dim, "positions")
     pos_p = validate_displacements(positions_prime, model.dim, "positions")
     if impurities is None or _is_empty(impurities):
@@ -86,7 +91,7 @@ def _prepare(model, impurities, positions, positions_prime):
     d_imp = sites[:, None, :] - sites[None, :, :]
     d_left = pos[:, None, :] - sites[None, :, :]
     d_right = sites[:, None, :] - pos_p[None, :, :]
-    d_bare = pos[:, None, :] - pos_p[None, :, :]
+    d_bare = np.zeros_like(pos)[:, None, :] if diagonal_only else pos[:, None, :] - pos_p[None, :, :]
     disp, (i_imp, i_left, i_right, i_bare) = unique_displacements(d_imp, d_left, d_right, d_bare)
     return pos, pos_p, potential, disp, i_imp, i_left, i_right, i_bare
 
@@ -190,13 +195,11 @@ def ldos(
     pos = validate_displacements(positions, model.dim, "positions")
     kgrid = validate_kgrid(kgrid, model.dim)
     z = complex_energies(energies, eta)
-    _, _, potential, disp, i_imp, i_left, i_right, i_bare = _prepare(model, impurities, pos, pos)
-    # Only the diagonal r = r' is needed: restrict the right-hand displacements and the bare term to it.
-    diag = np.arange(pos.shape[0])
+    _, _, potential, disp, i_imp, i_left, i_right, i_bare = _prepare(model, impurities, pos, pos, diagonal_only=True)
     if chunk_size is None:
         chunk_size = green_chunk_size(model, kgrid, z.shape[0], disp.shape[0])
     electron, hole, up, down, orb = _ldos_core(
-        model, potential, disp, i_imp, i_left, i_right, i_bare[diag, diag], z, jnp.asarray(axis),
+        model, potential, disp, i_imp, i_left, i_right, i_bare[:, 0], z, jnp.asarray(axis),
         kgrid=kgrid, chunk_size=int(chunk_size),
     )
     return LDOS(np.asarray(z.real), pos, electron, hole, up, down, orb, axis)
