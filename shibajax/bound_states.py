@@ -31,7 +31,12 @@ import numpy as np
 from shibajax import _precision  # noqa: F401
 from shibajax.brillouin_zone import _gap_edge, default_chunk_size, validate_kgrid
 from shibajax.errors import NoGapError
-from shibajax.greens_function import bare_greens_sum, validate_displacements
+from shibajax.greens_function import (
+    bare_greens_sum,
+    bz_eigensystem,
+    greens_sum_from_eigensystem,
+    validate_displacements,
+)
 from shibajax.impurities import impurity_potential
 from shibajax.models.tight_binding import TightBindingModel
 from shibajax.tmatrix import block_matrix, unique_displacements
@@ -44,6 +49,9 @@ DEGENERACY_TOL = 1e-9
 EDGE_MARGIN = 1e-6
 #: A channel eigenvalue of V smaller than this times max |eig V| is treated as exactly zero (decoupled).
 ZERO_COUPLING = 1e-12
+#: Keep the grid's eigensystem in memory for the Newton steps when it has at most this many complex elements
+#: (2**24 = 256 MiB); larger grids are diagonalised chunk by chunk at every step.
+EIGENSYSTEM_CACHE_ELEMENTS = 2**24
 #: A gap edge below this times the largest hopping means "no gap".
 NO_GAP = 1e-9
 
@@ -64,9 +72,17 @@ def _hermitian_form(potential: jax.Array) -> _HermitianForm:
     return _HermitianForm(q, jnp.where(coupled, 1.0 / safe, const), coupled)
 
 
-def _form_at(model, form, disp, idx_imp, energies, kgrid, chunk_size):
-    """A(E) and dA/dE at real energies (n_E,): each (n_E, R, R) Hermitian."""
-    g, g2 = bare_greens_sum(model, disp, energies.astype(jnp.complex128), kgrid=kgrid, chunk_size=chunk_size, max_power=2)
+def _green_and_square(model, disp, kgrid, chunk_size, eigensystem):
+    """z -> (G0, G0^2) at the displacements: from a cached eigensystem, or diagonalising chunk by chunk."""
+    if eigensystem is not None:
+        n_k = math.prod(kgrid)
+        return lambda z: greens_sum_from_eigensystem(eigensystem, disp, z, n_k=n_k, max_power=2)
+    return lambda z: bare_greens_sum(model, disp, z, kgrid=kgrid, chunk_size=chunk_size, max_power=2)
+
+
+def _form_at(green, form, idx_imp, energies):
+    """A(E) and dA/dE at real energies (n_E,): each (n_E, R, R) Hermitian; green(z) -> (G0, G0^2)."""
+    g, g2 = green(energies.astype(jnp.complex128))
     qh = form.q.conj().T
     b = qh @ block_matrix(g, idx_imp) @ form.q
     b2 = qh @ block_matrix(g2, idx_imp) @ form.q
@@ -93,15 +109,21 @@ class BoundStateBatch(NamedTuple):
     converged: jax.Array
 
 
-@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "max_iter"))
-def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid, chunk_size, max_iter=100):
+@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "max_iter"))
+def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid, chunk_size, cache, max_iter=100):
     form = _hermitian_form(potential)
     r = potential.shape[0]
-    gap = _gap_edge(model, kgrid, chunk_size)
+    if cache:  # diagonalise once, reuse in every Newton step
+        eig = bz_eigensystem(model, kgrid, chunk_size)
+        gap = jnp.min(jnp.abs(eig.energies))  # padding points repeat k = 0: harmless for a minimum
+    else:
+        eig = None
+        gap = _gap_edge(model, kgrid, chunk_size)
+    green = _green_and_square(model, disp, kgrid, chunk_size, eig)
     hop_scale = jnp.max(jnp.abs(model.hoppings))
     has_gap = gap > NO_GAP * hop_scale
     e_max = gap * (1.0 - edge_margin)
-    ends, _ = _form_at(model, form, disp, idx_imp, jnp.stack([-e_max, e_max]), kgrid, chunk_size)
+    ends, _ = _form_at(green, form, idx_imp, jnp.stack([-e_max, e_max]))
     lam_ends = jnp.linalg.eigvalsh(ends)  # (2, R)
     # The sorted index k of A's eigenvalues is what crosses; a decoupled direction's eigenvalue is constant.
     crossing = (lam_ends[0] < 0) & (lam_ends[1] > 0) & has_gap
@@ -114,7 +136,7 @@ def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid,
 
     def body(state):
         lo, hi, x, done, it = state
-        a, da = _form_at(model, form, disp, idx_imp, x, kgrid, chunk_size)
+        a, da = _form_at(green, form, idx_imp, x)
         lam, vec = jnp.linalg.eigh(a)
         f = lam[ar, ar]
         v = vec[ar, :, ar]
@@ -146,11 +168,11 @@ def _setup(model, impurities, kgrid, chunk_size):
     kgrid = validate_kgrid(kgrid, model.dim)
     sites, potential = impurity_potential(impurities, model)
     disp, (idx_imp,) = unique_displacements(sites[:, None, :] - sites[None, :, :])
+    m = model.nambu_dim
     if chunk_size is None:
-        r = potential.shape[0]
-        m = model.nambu_dim
-        chunk_size = default_chunk_size(math.prod(kgrid), 2 * m * m * max(r, disp.shape[0], 4))
-    return kgrid, sites, potential, disp, idx_imp, int(chunk_size)
+        chunk_size = default_chunk_size(math.prod(kgrid), 2 * m * m * max(potential.shape[0], disp.shape[0], 4))
+    cache = math.prod(kgrid) * m * m <= EIGENSYSTEM_CACHE_ELEMENTS
+    return kgrid, sites, potential, disp, idx_imp, int(chunk_size), cache
 
 
 def _check_gap_input(model: TightBindingModel):
@@ -185,9 +207,10 @@ def bound_state_energies(
         [0, 2]
     """
     _check_gap_input(model)
-    kgrid, _, potential, disp, idx_imp, chunk_size = _setup(model, impurities, kgrid, chunk_size)
+    kgrid, _, potential, disp, idx_imp, chunk_size, cache = _setup(model, impurities, kgrid, chunk_size)
     return _solve(
-        model, potential, disp, idx_imp, edge_margin, tol, degeneracy_tol, kgrid=kgrid, chunk_size=chunk_size
+        model, potential, disp, idx_imp, edge_margin, tol, degeneracy_tol,
+        kgrid=kgrid, chunk_size=chunk_size, cache=cache,
     )
 
 
@@ -295,9 +318,10 @@ def bound_states(
         [1, 1]
     """
     _check_gap_input(model)
-    kgrid, sites, potential, disp, idx_imp, chunk_size = _setup(model, impurities, kgrid, chunk_size)
+    kgrid, sites, potential, disp, idx_imp, chunk_size, cache = _setup(model, impurities, kgrid, chunk_size)
     batch = _solve(
-        model, potential, disp, idx_imp, edge_margin, tol, degeneracy_tol, kgrid=kgrid, chunk_size=chunk_size
+        model, potential, disp, idx_imp, edge_margin, tol, degeneracy_tol,
+        kgrid=kgrid, chunk_size=chunk_size, cache=cache,
     )
     gap = float(batch.gap_edge)
     if not bool(batch.has_gap):
@@ -339,7 +363,8 @@ def _amplitudes(model, potential, disp, idx_imp, levels, mults, n_imp, kgrid, ch
     if levels.size == 0:
         return ()
     form = _hermitian_form(potential)
-    a, da = _form_at(model, form, disp, idx_imp, jnp.asarray(levels), kgrid, chunk_size)
+    green = _green_and_square(model, disp, kgrid, chunk_size, None)
+    a, da = _form_at(green, form, idx_imp, jnp.asarray(levels))
     lam, vec = np.linalg.eigh(np.asarray(a))
     out = []
     m_dim = model.nambu_dim

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,27 +42,57 @@ def _chunk_green(energies_k, vectors_k, k, weights, z, displacements, max_power)
     return tuple(out)
 
 
+def _scan_green(z, displacements, xs, eigensystem_of, n_k: int, m: int, max_power: int):
+    """lax.scan of :func:`_chunk_green` over chunks ``xs``; ``eigensystem_of(x)`` gives (k, w, E, U) of a chunk."""
+    z = jnp.asarray(z, dtype=jnp.complex128)
+    disp = jnp.asarray(displacements, dtype=jnp.float64)
+    zero = tuple(jnp.zeros((z.shape[0], disp.shape[0], m, m), jnp.complex128) for _ in range(max_power))
+
+    def body(acc, x):
+        kc, wc, e, u = eigensystem_of(x)
+        part = _chunk_green(e, u, kc, wc, z, disp, max_power)
+        return tuple(a + p for a, p in zip(acc, part, strict=True)), None
+
+    acc, _ = jax.lax.scan(body, zero, xs)
+    return tuple(a / n_k for a in acc)
+
+
 @partial(jax.jit, static_argnames=("kgrid", "chunk_size", "max_power"))
 def bare_greens_sum(model, displacements, z, *, kgrid, chunk_size, max_power=1):
     """Jitted core of :func:`greens_function`: tuple of (n_z, n_d, M, M) complex128 for powers 1..max_power.
 
-    displacements (n_d, dim) float/int, z (n_z,) complex; kgrid and chunk_size static.
+    displacements (n_d, dim) float/int, z (n_z,) complex; kgrid and chunk_size static. H_BdG(k) is
+    diagonalised chunk by chunk inside the scan, so memory stays bounded for any number of k-points.
     """
-    z = jnp.asarray(z, dtype=jnp.complex128)
-    disp = jnp.asarray(displacements, dtype=jnp.float64)
     kpts, weights = chunked_kpoints(kgrid, chunk_size)
-    m = model.nambu_dim
-    zero = tuple(jnp.zeros((z.shape[0], disp.shape[0], m, m), jnp.complex128) for _ in range(max_power))
 
-    def body(acc, xs):
-        kc, wc = xs
-        e, u = bdg_eigensystem(model, kc)
-        part = _chunk_green(e, u, kc, wc, z, disp, max_power)
-        return tuple(a + p for a, p in zip(acc, part, strict=True)), None
+    def eigensystem_of(x):
+        kc, wc = x
+        return (kc, wc, *bdg_eigensystem(model, kc))
 
-    acc, _ = jax.lax.scan(body, zero, (kpts, weights))
-    n_k = math.prod(kgrid)
-    return tuple(a / n_k for a in acc)
+    return _scan_green(z, displacements, (kpts, weights), eigensystem_of, math.prod(kgrid), model.nambu_dim, max_power)
+
+
+class BZEigensystem(NamedTuple):
+    """Eigensystem of H_BdG on a whole grid, in chunks: k (n_c, c, dim), weights (n_c, c), energies (n_c, c, M),
+    vectors (n_c, c, M, M). Worth keeping when many G0 evaluations follow on a grid that fits in memory."""
+
+    k: jax.Array
+    weights: jax.Array
+    energies: jax.Array
+    vectors: jax.Array
+
+
+def bz_eigensystem(model: TightBindingModel, kgrid, chunk_size: int) -> BZEigensystem:
+    """Diagonalise H_BdG(k) on the grid once (chunk by chunk, with lax.map)."""
+    kpts, weights = chunked_kpoints(kgrid, chunk_size)
+    energies, vectors = jax.lax.map(partial(bdg_eigensystem, model), kpts)
+    return BZEigensystem(kpts, weights, energies, vectors)
+
+
+def greens_sum_from_eigensystem(eig: BZEigensystem, displacements, z, *, n_k: int, max_power: int = 1):
+    """Same as :func:`bare_greens_sum` from a precomputed :class:`BZEigensystem` (no diagonalisation)."""
+    return _scan_green(z, displacements, tuple(eig), lambda x: x, n_k, eig.vectors.shape[-1], max_power)
 
 
 def green_chunk_size(model: TightBindingModel, kgrid, n_z: int, n_d: int) -> int:

@@ -125,3 +125,9 @@ def test_float64_throughout():
     assert model.hoppings.dtype == jnp.complex128
     states = shibajax.bound_state_energies(model, shibajax.Impurity((0, 0), J=2.0), kgrid=(8, 8))
     assert states.energies.dtype == jnp.float64
+
+
+def test_spin_from_angles_and_normalisation():
+    imp = shibajax.Impurity((0, 0), J=1.0, theta=np.pi / 2, phi=np.pi / 2)
+    np.testing.assert_allclose(imp.spin, [0.0, 1.0, 0.0], atol=1e-15)
+    np.testing.assert_allclose(shibajax.Impurity((0, 0), J=1.0, spin=(0, 3, 4)).spin, [0, 0.6, 0.8], atol=1e-15)
