@@ -34,6 +34,7 @@ from shibajax.errors import NoGapError
 from shibajax.greens_function import (
     bare_greens_sum,
     bz_eigensystem,
+    chunk_elements_per_k,
     greens_sum_from_eigensystem,
     validate_displacements,
 )
@@ -72,25 +73,35 @@ def _hermitian_form(potential: jax.Array) -> _HermitianForm:
     return _HermitianForm(q, jnp.where(coupled, 1.0 / safe, const), coupled)
 
 
-def _green_and_square(model, disp, kgrid, chunk_size, eigensystem):
-    """z -> (G0, G0^2) at the displacements: from a cached eigensystem, or diagonalising chunk by chunk."""
+def _green_powers(model, disp, kgrid, chunk_size, eigensystem):
+    """(z, max_power) -> (G0, ..., G0^max_power) at the displacements: from a cached eigensystem, or
+    diagonalising chunk by chunk."""
     if eigensystem is not None:
         n_k = math.prod(kgrid)
-        return lambda z: greens_sum_from_eigensystem(eigensystem, disp, z, n_k=n_k, max_power=2)
-    return lambda z: bare_greens_sum(model, disp, z, kgrid=kgrid, chunk_size=chunk_size, max_power=2)
+        return lambda z, p: greens_sum_from_eigensystem(eigensystem, disp, z, n_k=n_k, max_power=p)
+    return lambda z, p: bare_greens_sum(model, disp, z, kgrid=kgrid, chunk_size=chunk_size, max_power=p)
 
 
-def _form_at(green, form, idx_imp, energies):
-    """A(E) and dA/dE at real energies (n_E,): each (n_E, R, R) Hermitian; green(z) -> (G0, G0^2)."""
-    g, g2 = green(energies.astype(jnp.complex128))
+def _hermitian(x):
+    return 0.5 * (x + jnp.swapaxes(x.conj(), -1, -2))
+
+
+def _form_at(green, form, idx_imp, energies, derivative=True):
+    """A(E) (and dA/dE) at real energies (n_E,): each (n_E, R, R), Hermitian (G0 is Hermitian in the gap)."""
+    gs = green(jnp.asarray(energies, jnp.float64), 2 if derivative else 1)
     qh = form.q.conj().T
-    b = qh @ block_matrix(g, idx_imp) @ form.q
-    b2 = qh @ block_matrix(g2, idx_imp) @ form.q
     both = form.coupled[:, None] & form.coupled[None, :]
-    a = jnp.diag(form.inverse).astype(jnp.complex128) - jnp.where(both, b, 0.0)
-    da = jnp.where(both, b2, 0.0)
-    herm = lambda x: 0.5 * (x + jnp.swapaxes(x.conj(), -1, -2))  # noqa: E731  (G0 is Hermitian in the gap)
-    return herm(a), herm(da)
+    b = qh @ block_matrix(gs[0], idx_imp) @ form.q
+    a = _hermitian(jnp.diag(form.inverse).astype(jnp.complex128) - jnp.where(both, b, 0.0))
+    if not derivative:
+        return a, None
+    b2 = qh @ block_matrix(gs[1], idx_imp) @ form.q
+    return a, _hermitian(jnp.where(both, b2, 0.0))
+
+
+#: Energies E = e_max sin(theta), theta uniform in [0, pi/2], on which the crossings are first bracketed
+#: (dense near the gap edge, where the eigenvalues of A vary fastest).
+N_BRACKET = 9
 
 
 class BoundStateBatch(NamedTuple):
@@ -119,16 +130,32 @@ def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid,
     else:
         eig = None
         gap = _gap_edge(model, kgrid, chunk_size)
-    green = _green_and_square(model, disp, kgrid, chunk_size, eig)
+    green = _green_powers(model, disp, kgrid, chunk_size, eig)
     hop_scale = jnp.max(jnp.abs(model.hoppings))
     has_gap = gap > NO_GAP * hop_scale
     e_max = gap * (1.0 - edge_margin)
-    ends, _ = _form_at(green, form, idx_imp, jnp.stack([-e_max, e_max]))
-    lam_ends = jnp.linalg.eigvalsh(ends)  # (2, R)
-    # The sorted index k of A's eigenvalues is what crosses; a decoupled direction's eigenvalue is constant.
-    crossing = (lam_ends[0] < 0) & (lam_ends[1] > 0) & has_gap
+    # Particle-hole symmetry pairs every root E with -E, so search (0, e_max) and mirror. The sorted eigenvalues
+    # crossing zero there are a contiguous block k = n_pos_end .. n_neg_zero - 1 of at most R/2 indices.
+    grid = e_max * jnp.sin(jnp.linspace(0.0, 0.5 * jnp.pi, N_BRACKET))
+    grid = grid.at[-1].set(e_max)
+    a_grid, _ = _form_at(green, form, idx_imp, grid, derivative=False)
+    lam_grid = jnp.linalg.eigvalsh(a_grid)  # (N_BRACKET, R), each column increasing
+    n_neg_zero = jnp.sum(lam_grid[0] < 0)
+    n_pos_end = jnp.sum(lam_grid[-1] <= 0)
+    half = r // 2
+    index = n_pos_end + jnp.arange(half)
+    crossing = (index < n_neg_zero) & has_gap
+    index = jnp.minimum(index, r - 1)
+    # Bracket each crossing by the grid and start Newton from linear interpolation inside the bracket.
+    column = lam_grid[:, index].T  # (half, N_BRACKET)
+    j = jnp.clip(jnp.sum(column < 0, axis=1) - 1, 0, N_BRACKET - 2)
+    lam_lo = jnp.take_along_axis(column, j[:, None], 1)[:, 0]
+    lam_hi = jnp.take_along_axis(column, j[:, None] + 1, 1)[:, 0]
+    lo0, hi0 = grid[j], grid[j + 1]
+    x0 = lo0 - lam_lo * (hi0 - lo0) / jnp.where(lam_hi > lam_lo, lam_hi - lam_lo, 1.0)
+    x0 = jnp.clip(x0, lo0, hi0)
     atol = tol * gap
-    ar = jnp.arange(r)
+    ar = jnp.arange(half)
 
     def cond(state):
         _, _, _, done, it = state
@@ -138,8 +165,8 @@ def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid,
         lo, hi, x, done, it = state
         a, da = _form_at(green, form, idx_imp, x)
         lam, vec = jnp.linalg.eigh(a)
-        f = lam[ar, ar]
-        v = vec[ar, :, ar]
+        f = lam[ar, index]  # eigenvalue number index[i] of A(x_i)
+        v = vec[ar, :, index]
         fp = jnp.real(jnp.einsum("ka,kab,kb->k", v.conj(), da, v))
         lo = jnp.where(f < 0, x, lo)
         hi = jnp.where(f < 0, hi, x)
@@ -151,10 +178,11 @@ def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid,
         now_done = done | exact | (ok & (jnp.abs(step) < atol)) | (hi - lo < atol)
         return lo, hi, jnp.where(done, x, x_new), now_done, it + 1
 
-    lo0 = jnp.full(r, -e_max)
-    hi0 = jnp.full(r, e_max)
-    state = (lo0, hi0, jnp.zeros(r), ~crossing, jnp.asarray(0))
-    _, _, roots, done, _ = jax.lax.while_loop(cond, body, state)
+    state = (lo0, hi0, x0, ~crossing, jnp.asarray(0))
+    _, _, positive, done, _ = jax.lax.while_loop(cond, body, state)
+    roots = jnp.concatenate([-positive, positive])
+    crossing = jnp.concatenate([crossing, crossing])
+    done = jnp.concatenate([done, done])
     energies = jnp.sort(jnp.where(crossing, roots, jnp.nan))
     found = jnp.isfinite(energies)
     close = jnp.abs(energies[:, None] - energies[None, :]) < deg_tol * gap
@@ -170,7 +198,8 @@ def _setup(model, impurities, kgrid, chunk_size):
     disp, (idx_imp,) = unique_displacements(sites[:, None, :] - sites[None, :, :])
     m = model.nambu_dim
     if chunk_size is None:
-        chunk_size = default_chunk_size(math.prod(kgrid), 2 * m * m * max(potential.shape[0], disp.shape[0], 4))
+        n_z = potential.shape[0] // 2 + 2
+        chunk_size = default_chunk_size(math.prod(kgrid), chunk_elements_per_k(m, n_z, disp.shape[0], 2))
     cache = math.prod(kgrid) * m * m <= EIGENSYSTEM_CACHE_ELEMENTS
     return kgrid, sites, potential, disp, idx_imp, int(chunk_size), cache
 
@@ -255,9 +284,10 @@ class BoundStates:
             return []
         disp, (idx,) = unique_displacements(pos[:, None, :] - self.sites[None, :, :])
         if chunk_size is None:
-            chunk_size = default_chunk_size(math.prod(self.kgrid), self.model.nambu_dim**2 * max(len(self.energies), disp.shape[0]))
+            per_k = chunk_elements_per_k(self.model.nambu_dim, len(self.energies), disp.shape[0])
+            chunk_size = default_chunk_size(math.prod(self.kgrid), per_k)
         (g,) = bare_greens_sum(
-            self.model, disp, jnp.asarray(self.energies, jnp.complex128), kgrid=self.kgrid, chunk_size=int(chunk_size)
+            self.model, disp, jnp.asarray(self.energies, jnp.float64), kgrid=self.kgrid, chunk_size=int(chunk_size)
         )
         g = np.asarray(g)[:, idx]  # (n_lev, n_pos, n_imp, M, M)
         return [np.einsum("pjab,mjb->mpa", g[i], chi) for i, chi in enumerate(self.amplitudes)]
@@ -363,7 +393,7 @@ def _amplitudes(model, potential, disp, idx_imp, levels, mults, n_imp, kgrid, ch
     if levels.size == 0:
         return ()
     form = _hermitian_form(potential)
-    green = _green_and_square(model, disp, kgrid, chunk_size, None)
+    green = _green_powers(model, disp, kgrid, chunk_size, None)
     a, da = _form_at(green, form, idx_imp, jnp.asarray(levels))
     lam, vec = np.linalg.eigh(np.asarray(a))
     out = []

@@ -28,23 +28,30 @@ def _chunk_green(energies_k, vectors_k, k, weights, z, displacements, max_power)
     """Sum over one chunk of k: returns a tuple of (n_z, n_d, M, M) arrays for powers 1..max_power.
 
     energies_k (c, M), vectors_k (c, M, M), k (c, dim), weights (c,), z (n_z,), displacements (n_d, dim).
+    Written as one matrix product, resolvents (p n_z, c M) @ projectors (c M, n_d M M), where the projector of
+    state n at k is exp(i k.d) |n_k><n_k|: it does not depend on z, so every energy and power shares it.
     """
+    c, m = energies_k.shape
+    n_z, n_d = z.shape[0], displacements.shape[0]
     phase = jnp.exp(1j * (k @ displacements.T)) * weights[:, None]  # (c, n_d)
-    right = phase[:, :, None, None] * vectors_k.conj()[:, None, :, :]  # (c, n_d, b, n)
-    resolvent = 1.0 / (z[:, None, None] - energies_k[None])  # (n_z, c, n)
-    out = []
-    power = resolvent
-    for p in range(1, max_power + 1):
-        if p > 1:
-            power = power * resolvent
-        left = vectors_k[None] * power[:, :, None, :]  # (n_z, c, a, n)
-        out.append(jnp.einsum("zkan,kdbn->zdab", left, right))
-    return tuple(out)
+    projector = jnp.einsum("kd,kan,kbn->kndab", phase, vectors_k, vectors_k.conj()).reshape(c * m, n_d * m * m)
+    resolvent = 1.0 / (z[:, None, None] - energies_k[None])  # (n_z, c, M)
+    powers = [resolvent]
+    for _ in range(1, max_power):
+        powers.append(powers[-1] * resolvent)
+    stacked = jnp.concatenate(powers).reshape(max_power * n_z, c * m)
+    if jnp.iscomplexobj(stacked):
+        out = stacked @ projector
+    else:  # real energies (inside the gap): real resolvents, so two real products instead of one complex one
+        both = stacked @ jnp.concatenate([projector.real, projector.imag], axis=1)
+        out = jax.lax.complex(both[:, : n_d * m * m], both[:, n_d * m * m :])
+    out = out.reshape(max_power, n_z, n_d, m, m)
+    return tuple(out[p] for p in range(max_power))
 
 
 def _scan_green(z, displacements, xs, eigensystem_of, n_k: int, m: int, max_power: int):
     """lax.scan of :func:`_chunk_green` over chunks ``xs``; ``eigensystem_of(x)`` gives (k, w, E, U) of a chunk."""
-    z = jnp.asarray(z, dtype=jnp.complex128)
+    z = jnp.asarray(z, dtype=jnp.complex128 if jnp.iscomplexobj(z) else jnp.float64)
     disp = jnp.asarray(displacements, dtype=jnp.float64)
     zero = tuple(jnp.zeros((z.shape[0], disp.shape[0], m, m), jnp.complex128) for _ in range(max_power))
 
@@ -97,8 +104,12 @@ def greens_sum_from_eigensystem(eig: BZEigensystem, displacements, z, *, n_k: in
 
 def green_chunk_size(model: TightBindingModel, kgrid, n_z: int, n_d: int) -> int:
     """Default k-chunk for a G0 sum over n_z energies and n_d displacements (bounded memory)."""
-    m = model.nambu_dim
-    return default_chunk_size(math.prod(kgrid), m * m * max(n_z, n_d, 4))
+    return default_chunk_size(math.prod(kgrid), chunk_elements_per_k(model.nambu_dim, n_z, n_d))
+
+
+def chunk_elements_per_k(m: int, n_z: int, n_d: int, max_power: int = 1) -> int:
+    """Complex elements per k-point of the chunk kernel's intermediates (projectors and resolvents)."""
+    return m * (m * m * n_d + max_power * n_z + m)
 
 
 def validate_eta(eta) -> float:
@@ -128,12 +139,12 @@ def validate_displacements(displacements, dim: int, what: str = "displacements")
 
 
 def complex_energies(energies, eta) -> jax.Array:
-    """z = E + i eta (eta > 0 checked) or real E (eta=None), shape (n_E,) complex128."""
+    """z = E + i eta (eta > 0 checked), shape (n_E,) complex128, or real E (eta=None), float64."""
     e = jnp.atleast_1d(jnp.asarray(energies, dtype=jnp.float64))
     if e.ndim != 1:
         raise ShapeError(f"energies must be a scalar or a 1D array; got shape {e.shape}")
     if eta is None:
-        return e.astype(jnp.complex128)
+        return e  # real: the kernel then uses real resolvents
     return e + 1j * validate_eta(eta)
 
 

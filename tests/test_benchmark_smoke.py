@@ -1,0 +1,98 @@
+"""Smoke test of benchmarks/bench_core.py: the quick benchmark runs, agrees with the NumPy reference to 1e-10
+and produces a table of positive timings (a few seconds on 2 CPU cores)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import shibajax
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    bench = _load("bench_core")
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    results = bench.main(["--quick", "--json", str(out)])
+    return bench, results, out
+
+
+def test_quick_benchmark_agrees_and_times_are_positive(quick_results, capsys):
+    bench, results, out = quick_results
+    rows = results["rows"]
+    assert {(r["model"], r["task"]) for r in rows} == {
+        (case, task) for case in bench.CASES for task in ("G0", "bound states")
+    }
+    for r in rows:
+        assert r["L"] in bench.QUICK_SIZES and r["n_k"] == r["L"] ** 2
+        assert r["time_shibajax"] > 0 and r["time_numpy"] > 0 and r["ratio"] > 0
+        assert r["first_call_shibajax"] >= r["time_shibajax"]
+        assert r["max_diff"] <= 1e-10
+        if r["task"] == "bound states":
+            assert r["n_states"] == r["n_states_numpy"] > 0
+            assert r["n_states"] % 2 == 0  # particle-hole symmetry: +-E pairs
+            np.testing.assert_allclose(r["energies_shibajax"], r["energies_numpy"], rtol=0, atol=1e-10)
+            assert r["converged_shibajax"] and r["monotone_numpy"]
+    for info in results["models"].values():
+        assert info["bands_crossing_fermi_level"] >= 2
+
+    table = bench.format_table(rows)
+    data_lines = table.splitlines()[2:]
+    assert len(data_lines) == len(rows)
+    for line in data_lines:
+        fields = line.split()
+        numbers = fields[fields.index("states") + 1 :] if "states" in fields else fields[fields.index("G0") + 1 :]
+        t_shibajax, compile_s, t_numpy, ratio = (float(x) for x in numbers[:4])
+        assert t_shibajax > 0 and t_numpy > 0 and ratio > 0 and compile_s >= 0, line
+
+    saved = json.loads(out.read_text())
+    assert saved["rows"][0]["time_shibajax"] == rows[0]["time_shibajax"]
+
+
+def test_check_agreement_rejects_a_mismatch(quick_results):
+    bench, results, _ = quick_results
+    bad = [dict(results["rows"][1], max_diff=1e-6)]
+    with pytest.raises(AssertionError):
+        bench.check_agreement(bad)
+    fewer = [dict(results["rows"][1], n_states_numpy=results["rows"][1]["n_states"] - 2)]
+    with pytest.raises(AssertionError):
+        bench.check_agreement(fewer)
+
+
+def test_reference_hamiltonian_matches_library_convention():
+    """The independent NumPy H_BdG(k) equals shibajax's at generic k (Rashba square and five-orbital models)."""
+    bench = _load("bench_core")
+    ref = _load("numpy_reference")
+    from shibajax.models.tight_binding import bdg_hamiltonian
+
+    k = np.array([[0.3, 1.7], [2.9, -0.4], [np.pi, 0.5]])
+    for model in (shibajax.models.square(t=1.0, mu=-1.0, delta=0.3, rashba=0.4), bench.five_orbital_model()):
+        mine = ref.bdg_hamiltonians(
+            np.asarray(model.hoppings),
+            model.hop_displacements,
+            np.asarray(model.pairing),
+            model.pair_displacements,
+            model.n_orb,
+            k,
+        )
+        theirs = np.asarray(jax.vmap(lambda kk, m=model: bdg_hamiltonian(m, kk))(k))
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(mine, mine.conj().transpose(0, 2, 1), rtol=0, atol=1e-13)
