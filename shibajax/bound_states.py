@@ -10,8 +10,10 @@ Hermitian there and dA/dE = Q^dagger G0(E)^2 Q is positive definite (G0 = (E - H
 so every sorted eigenvalue lambda_k(E) of A increases monotonically through the gap and crosses zero at most
 once. Bound states are exactly these crossings, counted with multiplicity: degenerate states are two
 eigenvalues crossing at one energy, near-degenerate ones two crossings close together, and no state is lost
-between grid points because no energy grid is used. Each crossing is bracketed by the gap edges and refined
-by safeguarded Newton steps (derivative from the same BZ sum); the null vectors w of A give the impurity-space
+between grid points: a crossing is found by counting eigenvalue signs, not by sampling det. Particle-hole
+symmetry pairs every root E with -E, so only 0 < E < E_g is searched (at most R/2 crossings, a contiguous
+block of sorted indices); each crossing is bracketed on a few energies E_g sin(theta) and refined by
+safeguarded Newton steps (derivative from the same BZ sum); the null vectors w of A give the impurity-space
 amplitudes chi = Q w of the bound state, psi(r) = sum_j G0(r - r_j, E) chi_j, normalised by
 chi^dagger G0^2 chi = 1 (Salkola, Balatsky & Schrieffer, Phys. Rev. B 55, 12648 (1997); Flatte & Byers,
 Phys. Rev. B 56, 11213 (1997)).
