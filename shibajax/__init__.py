@@ -9,8 +9,10 @@ The pipeline reads model -> Brillouin zone -> Green's function -> T-matrix -> bo
 ``import shibajax`` switches JAX to float64/complex128 (see docs/conventions.md).
 """
 
-from shibajax import _precision  # noqa: F401  (first: float64 before any array is made)
-from shibajax import models
+from shibajax import (
+    _precision,  # noqa: F401  (first: float64 before any array is made)
+    models,
+)
 from shibajax.bound_states import BoundStateBatch, BoundStates, bound_state_energies, bound_states
 from shibajax.brillouin_zone import gap_edge, monkhorst_pack
 from shibajax.greens_function import greens_function
@@ -25,6 +27,7 @@ __all__ = [
     "BoundStates",
     "Channel",
     "Impurity",
+    "__version__",
     "bound_state_energies",
     "bound_states",
     "gap_edge",
@@ -35,5 +38,4 @@ __all__ = [
     "models",
     "monkhorst_pack",
     "t_matrix",
-    "__version__",
 ]

@@ -189,9 +189,7 @@ def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid,
     found = jnp.isfinite(energies)
     close = jnp.abs(energies[:, None] - energies[None, :]) < deg_tol * gap
     multiplicity = jnp.where(found, jnp.sum(close & found[None, :], axis=1), 0)
-    return BoundStateBatch(
-        energies, multiplicity, jnp.sum(found), gap, has_gap, jnp.all(done | ~crossing)
-    )
+    return BoundStateBatch(energies, multiplicity, jnp.sum(found), gap, has_gap, jnp.all(done | ~crossing))
 
 
 def _setup(model, impurities, kgrid, chunk_size):
@@ -240,8 +238,16 @@ def bound_state_energies(
     _check_gap_input(model)
     kgrid, _, potential, disp, idx_imp, chunk_size, cache = _setup(model, impurities, kgrid, chunk_size)
     return _solve(
-        model, potential, disp, idx_imp, edge_margin, tol, degeneracy_tol,
-        kgrid=kgrid, chunk_size=chunk_size, cache=cache,
+        model,
+        potential,
+        disp,
+        idx_imp,
+        edge_margin,
+        tol,
+        degeneracy_tol,
+        kgrid=kgrid,
+        chunk_size=chunk_size,
+        cache=cache,
     )
 
 
@@ -352,8 +358,16 @@ def bound_states(
     _check_gap_input(model)
     kgrid, sites, potential, disp, idx_imp, chunk_size, cache = _setup(model, impurities, kgrid, chunk_size)
     batch = _solve(
-        model, potential, disp, idx_imp, edge_margin, tol, degeneracy_tol,
-        kgrid=kgrid, chunk_size=chunk_size, cache=cache,
+        model,
+        potential,
+        disp,
+        idx_imp,
+        edge_margin,
+        tol,
+        degeneracy_tol,
+        kgrid=kgrid,
+        chunk_size=chunk_size,
+        cache=cache,
     )
     gap = float(batch.gap_edge)
     if not bool(batch.has_gap):

@@ -113,8 +113,10 @@ def _check_keys(table, allowed, where: str) -> None:
     for key in table:
         if key not in allowed:
             name = f"{where}.{key}" if where else key
-            raise ConfigError(f"unknown config key {name!r}; allowed keys{' in ' + where if where else ''}: "
-                              f"{', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"unknown config key {name!r}; allowed keys{' in ' + where if where else ''}: "
+                f"{', '.join(sorted(allowed))}"
+            )
 
 
 def _channel(entry, default, key: str) -> dict:
@@ -122,7 +124,10 @@ def _channel(entry, default, key: str) -> dict:
     out = dict(default)
     out.update(entry)
     orbitals = out["orbitals"]
-    is_index = lambda o: isinstance(o, int) and not isinstance(o, bool)  # noqa: E731
+
+    def is_index(o):
+        return isinstance(o, int) and not isinstance(o, bool)
+
     if not (orbitals is None or is_index(orbitals) or (isinstance(orbitals, list) and all(map(is_index, orbitals)))):
         raise ConfigError(f"{key}.orbitals must be an orbital index (0 or 1) or a list of them; got {orbitals!r}")
     return {"orbitals": orbitals, "K": _number(out["K"], f"{key}.K"), "J": _number(out["J"], f"{key}.J")}
@@ -238,8 +243,10 @@ class DemoResult:
         m = c["model"]
         lines = [
             f"shibajax {shibajax.__version__} demo: {self.states.model.name}",
-            f"  model: t = {m['t']}, t_inter = {m['t_inter']}, onsite = {m['onsite']}, mu = {m['mu']}, "
-            f"delta = {m['delta']}, rashba = {m['rashba']}",
+            (
+                f"  model: t = {m['t']}, t_inter = {m['t_inter']}, onsite = {m['onsite']}, mu = {m['mu']}, "
+                f"delta = {m['delta']}, rashba = {m['rashba']}"
+            ),
             f"  impurity at {tuple(c['impurity']['site'])}, spin {c['impurity']['spin']}, channels:",
         ]
         for ch in c["impurity"]["channels"]:

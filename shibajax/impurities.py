@@ -196,11 +196,11 @@ def impurity_potential(impurities, model: TightBindingModel) -> tuple[np.ndarray
     sites = []
     for imp in imps:
         if len(imp.site) != model.dim:
-            raise ImpurityError(f"impurity site {imp.site} has {len(imp.site)} coordinates; the lattice is {model.dim}D")
-        if imp.site in sites:
             raise ImpurityError(
-                f"two impurities on site {imp.site}: put their couplings into channels of one Impurity"
+                f"impurity site {imp.site} has {len(imp.site)} coordinates; the lattice is {model.dim}D"
             )
+        if imp.site in sites:
+            raise ImpurityError(f"two impurities on site {imp.site}: put their couplings into channels of one Impurity")
         sites.append(imp.site)
     blocks = [sum(channel_potential(c, imp.spin, model.n_orb) for c in imp.channels) for imp in imps]
     return np.asarray(sites, dtype=np.int64), jax.scipy.linalg.block_diag(*blocks)

@@ -93,7 +93,7 @@ def _prepare(model, impurities, positions, positions_prime, diagonal_only=False)
     d_right = sites[:, None, :] - pos_p[None, :, :]
     d_bare = np.zeros_like(pos)[:, None, :] if diagonal_only else pos[:, None, :] - pos_p[None, :, :]
     disp, (i_imp, i_left, i_right, i_bare) = unique_displacements(d_imp, d_left, d_right, d_bare)
-    return pos, pos_p, potential, disp, i_imp, i_left, i_right, i_bare
+    return potential, disp, i_imp, i_left, i_right, i_bare
 
 
 def _is_empty(impurities) -> bool:
@@ -120,9 +120,7 @@ def greens_function_with_impurities(
     """
     kgrid = validate_kgrid(kgrid, model.dim)
     z = complex_energies(energies, eta)
-    pos, pos_p, potential, disp, i_imp, i_left, i_right, i_bare = _prepare(
-        model, impurities, positions, positions_prime
-    )
+    potential, disp, i_imp, i_left, i_right, i_bare = _prepare(model, impurities, positions, positions_prime)
     if chunk_size is None:
         chunk_size = green_chunk_size(model, kgrid, z.shape[0], disp.shape[0])
     return _dressed_greens(
@@ -195,12 +193,21 @@ def ldos(
     pos = validate_displacements(positions, model.dim, "positions")
     kgrid = validate_kgrid(kgrid, model.dim)
     z = complex_energies(energies, eta)
-    _, _, potential, disp, i_imp, i_left, i_right, i_bare = _prepare(model, impurities, pos, pos, diagonal_only=True)
+    potential, disp, i_imp, i_left, i_right, i_bare = _prepare(model, impurities, pos, pos, diagonal_only=True)
     if chunk_size is None:
         chunk_size = green_chunk_size(model, kgrid, z.shape[0], disp.shape[0])
     electron, hole, up, down, orb = _ldos_core(
-        model, potential, disp, i_imp, i_left, i_right, i_bare[:, 0], z, jnp.asarray(axis),
-        kgrid=kgrid, chunk_size=int(chunk_size),
+        model,
+        potential,
+        disp,
+        i_imp,
+        i_left,
+        i_right,
+        i_bare[:, 0],
+        z,
+        jnp.asarray(axis),
+        kgrid=kgrid,
+        chunk_size=int(chunk_size),
     )
     return LDOS(np.asarray(z.real), pos, electron, hole, up, down, orb, axis)
 

@@ -62,8 +62,8 @@ def add_impurities(h, L, impurities, n_orb=1):
     h = h.copy()
     blk = 2 * n_orb
     ne = blk * L * L
-    for (x, y), channels, n in impurities:
-        n = np.asarray(n, dtype=float) / np.linalg.norm(n)
+    for (x, y), channels, spin in impurities:
+        n = np.asarray(spin, dtype=float) / np.linalg.norm(spin)
         n_sigma = n[0] * SX + n[1] * SY + n[2] * SZ
         i = (x % L) * L + (y % L)
         for orbitals, K, J in channels:
@@ -85,7 +85,7 @@ def in_gap_states(h0, h, margin=1e-6):
 
 def cluster(energies, tol):
     """Distinct levels and multiplicities of sorted energies (same rule as the library)."""
-    levels, mults = [], []
+    levels = []
     for e in np.sort(energies):
         if levels and e - levels[-1][-1] < tol:
             levels[-1].append(e)

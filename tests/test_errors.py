@@ -113,7 +113,9 @@ def test_batch_flags_instead_of_raising():
     assert np.all(np.isnan(np.asarray(out.energies)[1:]))
     assert np.all(np.isfinite(np.asarray(out.energies)[0, :2]))
     # the batched energies equal the one-at-a-time ones
-    single = shibajax.bound_states(shibajax.models.square(mu=-1.0, delta=0.3), shibajax.Impurity((0, 0), J=2.0), kgrid=(12, 12))
+    single = shibajax.bound_states(
+        shibajax.models.square(mu=-1.0, delta=0.3), shibajax.Impurity((0, 0), J=2.0), kgrid=(12, 12)
+    )
     np.testing.assert_allclose(np.asarray(out.energies)[0, :2], single.all_energies, atol=1e-12)
 
 
@@ -121,4 +123,8 @@ def test_jit_of_batch_api_matches_host_api():
     """The fixed-shape API traces under jit with J as an argument and gives the host API's energies."""
     model = shibajax.models.square(mu=-1.0, delta=0.3)
     f = jax.jit(lambda J: shibajax.bound_state_energies(model, shibajax.Impurity((0, 0), J=J), kgrid=(12, 12)).energies)
-    np.testing.assert_allclose(np.asarray(f(2.0))[:2], shibajax.bound_states(model, shibajax.Impurity((0, 0), J=2.0), kgrid=(12, 12)).all_energies, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(f(2.0))[:2],
+        shibajax.bound_states(model, shibajax.Impurity((0, 0), J=2.0), kgrid=(12, 12)).all_energies,
+        atol=1e-12,
+    )

@@ -153,12 +153,16 @@ def test_triangular_lattice_against_exact_diagonalisation():
             dd = (s * d[0], s * d[1])
             r = np.array(dd, float) @ lv
             r /= np.linalg.norm(r)
-            hop[dd] = -t * np.eye(2) + 0.5j * alpha * (r[0] * np.array([[0, -1j], [1j, 0]]) - r[1] * np.array([[0, 1], [1, 0]]))
+            hop[dd] = -t * np.eye(2) + 0.5j * alpha * (
+                r[0] * np.array([[0, -1j], [1j, 0]]) - r[1] * np.array([[0, 1], [1, 0]])
+            )
     size = 12
     h0 = bdg_lattice(size, hop, {(0, 0): delta})
     cfg = [((0, 0), 0.2, 1.4, (0, 0, 1)), ((1, 1), 0.2, 1.4, (1, 0, 0))]
     e_ed, _, _ = in_gap_states(h0, add_impurities(h0, size, [(s, [((0,), K, J)], n) for s, K, J, n in cfg]))
     model = shibajax.models.triangular(t=t, mu=mu, delta=delta, rashba=alpha)
-    states = shibajax.bound_states(model, [shibajax.Impurity(s, K=K, J=J, spin=n) for s, K, J, n in cfg], kgrid=(size, size))
+    states = shibajax.bound_states(
+        model, [shibajax.Impurity(s, K=K, J=J, spin=n) for s, K, J, n in cfg], kgrid=(size, size)
+    )
     assert len(e_ed) > 0
     np.testing.assert_allclose(states.all_energies, np.sort(e_ed), atol=ENERGY_TOL, rtol=0)

@@ -8,7 +8,7 @@ import pytest
 import shibajax
 
 L = 16
-MODEL = dict(t=1.0, mu=-1.0, delta=0.3, rashba=0.4)
+MODEL = {"t": 1.0, "mu": -1.0, "delta": 0.3, "rashba": 0.4}
 IMPS = [
     shibajax.Impurity((0, 0), K=0.4, J=1.5, spin=(0, 0, 1)),
     shibajax.Impurity((2, 1), K=-0.2, J=1.2, spin=(1, 0, 1)),

@@ -86,9 +86,7 @@ def _is_concrete(x) -> bool:
 def _as_displacement(d, dim: int | None) -> Displacement:
     arr = np.asarray(d)
     if arr.ndim != 1 or not np.all(np.equal(np.mod(arr, 1), 0)):
-        raise ShapeError(
-            f"hopping displacement {d!r} must be a tuple of integer lattice coordinates, e.g. (1, 0)"
-        )
+        raise ShapeError(f"hopping displacement {d!r} must be a tuple of integer lattice coordinates, e.g. (1, 0)")
     out = tuple(int(v) for v in arr)
     if dim is not None and len(out) != dim:
         raise ShapeError(f"displacement {out} has {len(out)} coordinates but the lattice has dim = {dim}")
@@ -119,8 +117,7 @@ def _orbital_matrix(matrix, n_orb: int, d: Displacement):
     if m.shape == (n_orb, n_orb):
         return m
     raise ShapeError(
-        f"pairing at d={d} has shape {m.shape}; expected a scalar, ({n_orb},) (orbital-diagonal) "
-        f"or ({n_orb}, {n_orb})"
+        f"pairing at d={d} has shape {m.shape}; expected a scalar, ({n_orb},) (orbital-diagonal) or ({n_orb}, {n_orb})"
     )
 
 
