@@ -235,20 +235,18 @@ def bound_state_energies(
         >>> jax.vmap(f)(jnp.array([0.0, 2.0])).n_states.tolist()
         [0, 2]
     """
+    return _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size)[0]
+
+
+def _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size):
+    """Check the input, set up and run the jitted search; returns (batch, (kgrid, sites, V, disp, idx, chunk))."""
     _check_gap_input(model)
-    kgrid, _, potential, disp, idx_imp, chunk_size, cache = _setup(model, impurities, kgrid, chunk_size)
-    return _solve(
-        model,
-        potential,
-        disp,
-        idx_imp,
-        edge_margin,
-        tol,
-        degeneracy_tol,
-        kgrid=kgrid,
-        chunk_size=chunk_size,
-        cache=cache,
-    )
+    kgrid, sites, potential, disp, idx_imp, chunk_size, cache = _setup(model, impurities, kgrid, chunk_size)
+    batch = _solve(
+        model, potential, disp, idx_imp, edge_margin, tol, degeneracy_tol,
+        kgrid=kgrid, chunk_size=chunk_size, cache=cache,
+    )  # fmt: skip
+    return batch, (kgrid, sites, potential, disp, idx_imp, chunk_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,20 +353,8 @@ def bound_states(
         >>> bs.multiplicities.tolist()
         [1, 1]
     """
-    _check_gap_input(model)
-    kgrid, sites, potential, disp, idx_imp, chunk_size, cache = _setup(model, impurities, kgrid, chunk_size)
-    batch = _solve(
-        model,
-        potential,
-        disp,
-        idx_imp,
-        edge_margin,
-        tol,
-        degeneracy_tol,
-        kgrid=kgrid,
-        chunk_size=chunk_size,
-        cache=cache,
-    )
+    batch, setup = _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size)
+    kgrid, sites, potential, disp, idx_imp, chunk_size = setup
     gap = float(batch.gap_edge)
     if not bool(batch.has_gap):
         raise NoGapError(
