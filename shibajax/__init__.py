@@ -13,6 +13,7 @@ from shibajax import (
     _precision,  # noqa: F401  (first: float64 before any array is made)
     models,
 )
+from shibajax.bands import band_structure, filling, high_symmetry_path, normal_state_dos
 from shibajax.bound_states import BoundStateBatch, BoundStates, bound_state_energies, bound_states
 from shibajax.brillouin_zone import gap_edge, monkhorst_pack
 from shibajax.greens_function import greens_function
@@ -28,14 +29,18 @@ __all__ = [
     "Channel",
     "Impurity",
     "__version__",
+    "band_structure",
     "bound_state_energies",
     "bound_states",
+    "filling",
     "gap_edge",
     "greens_function",
     "greens_function_with_impurities",
+    "high_symmetry_path",
     "impurity_potential",
     "ldos",
     "models",
     "monkhorst_pack",
+    "normal_state_dos",
     "t_matrix",
 ]

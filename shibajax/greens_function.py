@@ -112,17 +112,14 @@ def chunk_elements_per_k(m: int, n_z: int, n_d: int, max_power: int = 1) -> int:
     return m * (m * m * n_d + max_power * n_z + m)
 
 
-def validate_eta(eta) -> float:
-    """Return eta as a positive float or raise BroadeningError."""
+def validate_eta(eta, hint: str = "") -> float:
+    """Return eta as a positive float or raise BroadeningError (``hint`` is appended to the message)."""
     try:
         value = float(eta)
     except (TypeError, ValueError) as err:
-        raise BroadeningError(f"eta = {eta!r} must be a positive number (energy units)") from err
+        raise BroadeningError(f"eta = {eta!r} must be a positive number (energy units){hint}") from err
     if not np.isfinite(value) or value <= 0.0:
-        raise BroadeningError(
-            f"eta = {eta!r}: the retarded Green's function needs eta > 0 (z = E + i eta). "
-            "For real energies inside the gap pass eta=None"
-        )
+        raise BroadeningError(f"eta = {eta!r}: the broadening must be eta > 0 (z = E + i eta){hint}")
     return value
 
 
@@ -145,7 +142,7 @@ def complex_energies(energies, eta) -> jax.Array:
         raise ShapeError(f"energies must be a scalar or a 1D array; got shape {e.shape}")
     if eta is None:
         return e  # real: the kernel then uses real resolvents
-    return e + 1j * validate_eta(eta)
+    return e + 1j * validate_eta(eta, ". For real energies inside the gap pass eta=None")
 
 
 def greens_function(
