@@ -58,7 +58,7 @@ def plot_bands(model: TightBindingModel, path: BandPath | None = None, ax=None, 
         ax.axvline(x, color="0.8", lw=0.6)
     ax.set_xticks(path.tick_positions, [_tick_label(s) for s in path.tick_labels])
     ax.set_xlim(path.distance[0], path.distance[-1])
-    ax.set_xlabel("k along path (1 / lattice constant)")
+    ax.set_xlabel("k along path (1 / length unit of the lattice vectors)")
     ax.set_ylabel("quasiparticle " + ENERGY_LABEL if bdg else ENERGY_LABEL)
     ax.set_title(f"{model.name}: {'BdG' if bdg else 'normal-state'} bands")
     return ax
@@ -88,8 +88,8 @@ def plot_fermi_surface(model: TightBindingModel, kgrid=(200, 200), ax=None):
     ax.plot(corners[:, 0], corners[:, 1], color="0.6", lw=0.8)
     ax.margins(0.05)
     ax.set_aspect("equal")
-    ax.set_xlabel(r"$k_x$ (1 / lattice constant)")
-    ax.set_ylabel(r"$k_y$ (1 / lattice constant)")
+    ax.set_xlabel(r"$k_x$ (1 / length unit of the lattice vectors)")
+    ax.set_ylabel(r"$k_y$ (1 / length unit of the lattice vectors)")
     ax.set_title(f"{model.name}: Fermi surface")
     return ax
 
