@@ -1,10 +1,10 @@
-"""Iron-pnictide models: the five-orbital tight-binding model of Graser et al. (2009) for LaOFeAs.
+"""Iron-pnictide models: five-orbital tight-binding models of LaOFeAs (Graser et al. 2009) and LiFeAs.
 
 Reference: S. Graser, T. A. Maier, P. J. Hirschfeld, D. J. Scalapino, "Near-degeneracy of several pairing
 channels in multiorbital models for the Fe pnictides", New J. Phys. 11, 025016 (2009), Table 1 and Appendix.
 
-Energies are in **eV** (not the meV of docs/conventions.md's material-model note: the published table is in
-eV). The lattice is the square 1-Fe lattice, lattice constant 1 = Fe-Fe distance, x and y along the Fe-Fe bonds;
+Energies are in **eV**, the unit of the published table (docs/conventions.md: material models keep their
+source's unit). The lattice is the square 1-Fe lattice, lattice constant 1 = Fe-Fe distance, x and y along the Fe-Fe bonds;
 k is in the unfolded 1-Fe Brillouin zone. Orbital order: d_xz, d_yz, d_x2-y2, d_xy, d_3z2-r2.
 
 The k-space Hamiltonian is H0(k)_ij = xi_ij(k) + delta_ij eps_i with the published forms xi_ij(k) (harmonics up to
