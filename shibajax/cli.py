@@ -1,4 +1,5 @@
-"""Command line: ``shibajax demo`` (a multi-channel adatom calculation) and ``shibajax info`` (versions).
+"""Command line: ``shibajax demo`` (a multi-channel adatom calculation), ``shibajax sweep`` (parameter sweeps
+to NetCDF) and ``shibajax info`` (versions).
 
 Errors in the input (every :class:`shibajax.errors.ShibajaxError`) are printed as ``error: <message>``
 with exit status 2, like argparse's own usage errors; anything else is a bug and keeps its traceback.
@@ -72,6 +73,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from shibajax import sweep
+
+    config = sweep.load_config(args.config)
+    cfg = sweep.resolve_config(config)  # checks the config before any work
+    sweep.check_chunk(args.chunk, "--chunk")
+    n = 1
+    for values in cfg["sweep"].values():
+        n *= len(values)
+    print(f"shibajax sweep: {n} configurations on a {cfg['kgrid'][0]} x {cfg['kgrid'][1]} k-grid ...", flush=True)
+    ds, out, seconds = sweep.run_from_file(args.config, args.out, chunk=args.chunk)
+    print(sweep.summary(ds, out, seconds))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``shibajax`` command."""
     parser = argparse.ArgumentParser(
@@ -80,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in JAX (float64).",
     )
     parser.add_argument("--version", action="version", version=f"shibajax {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,info,sweep}")
 
     demo = sub.add_parser(
         "demo",
@@ -98,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(spin, channels = [{K, J, orbitals}, ...]), kgrid, eta and n_energies; see shibajax/demo.py",
     )
     demo.set_defaults(func=_cmd_demo)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="Shiba energies of a dimer or chain over a grid of parameters, written to NetCDF",
+        description="Evaluate the Shiba energies over the Cartesian product of the [sweep] lists of a TOML "
+        "config (model, impurity, kgrid; see shibajax/sweep.py), in vmapped chunks sharded over all devices. "
+        "The NetCDF file is rewritten after every chunk; rerunning on a partial file resumes it.",
+    )
+    sw.add_argument("config", metavar="CONFIG.toml", help="sweep configuration (TOML)")
+    sw.add_argument("--out", default=None, metavar="FILE.nc", help="output NetCDF file (default: CONFIG.nc)")
+    sw.add_argument(
+        "--chunk", type=int, default=256, metavar="N", help="configurations per vmapped call (default: %(default)s)"
+    )
+    sw.set_defaults(func=_cmd_sweep)
 
     info = sub.add_parser("info", help="versions, JAX backend and devices, numerical precision")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
