@@ -1,16 +1,16 @@
 """The five-orbital 3D LiFeAs model of Chi et al. (2017) against its source table (energies in eV).
 
-Reference data: /work/shared/reference/lifeas_chi2017_5orbital.json (tables of github
+Reference data: shared/reference/lifeas_chi2017_5orbital.json (tables of github
 ShunChi100/LiFeAs_IET_matlab_code, used for the simulations of S. Chi et al., Nat. Commun. 8, 15996 (2017)).
 """
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import shared_data
 
 import shibajax
 from shibajax.models import (
@@ -28,7 +28,7 @@ from shibajax.models import (
     pairing_matrix,
 )
 
-REFERENCE = pathlib.Path("/work/shared/reference/lifeas_chi2017_5orbital.json")
+REFERENCE = shared_data.REFERENCE / "lifeas_chi2017_5orbital.json"
 GAMMA, X, M = (0.0, 0.0), (np.pi, 0.0), (np.pi, np.pi)
 
 

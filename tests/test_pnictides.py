@@ -1,18 +1,18 @@
 """The five-orbital Graser et al. (2009) pnictide model against its published reference data (energies in eV)."""
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import shared_data
 
 import shibajax
 from shibajax import Impurity, bound_states
 from shibajax.models import electron_hamiltonian, graser2009, graser2009_h0, graser2009_hoppings, pairing_matrix
 
-REFERENCE = pathlib.Path("/work/shared/reference/graser2009_5orbital.json")
+REFERENCE = shared_data.REFERENCE / "graser2009_5orbital.json"
 MU_N60 = -0.0272
 MU_N61 = 0.056
 HIGH_SYMMETRY = {"Gamma(0,0)": (0.0, 0.0), "X(pi,0)": (np.pi, 0.0), "M(pi,pi)": (np.pi, np.pi)}

@@ -1,7 +1,7 @@
 """Effective one-orbital (spinful) tight-binding model of the Nb(110) surface (energies in meV, lengths in pm).
 
 Used for Shiba states of Mn adatoms and dimers on Nb(110), Beck et al., Nat. Commun. 12, 2040 (2021)
-(reference values: ``/work/shared/reference/paper_values.json``, entry ``"beck2021_mn_nb110"``).
+(reference values: ``shared/reference/paper_values.json``, entry ``"beck2021_mn_nb110"``).
 
 Geometry. The bcc(110) surface is a centred-rectangular lattice with x along [001] and y along [1-10],
 conventional cell a x sqrt2 a, a = 329.4 pm. Primitive vectors (rows of ``lattice_vectors``, in pm)

@@ -4,8 +4,8 @@ Reference: S. Graser, T. A. Maier, P. J. Hirschfeld, D. J. Scalapino, "Near-dege
 channels in multiorbital models for the Fe pnictides", New J. Phys. 11, 025016 (2009), Table 1 and Appendix.
 
 Energies are in **eV**, the unit of the published table (docs/conventions.md: material models keep their
-source's unit). The lattice is the square 1-Fe lattice, lattice constant 1 = Fe-Fe distance, x and y along the Fe-Fe bonds;
-k is in the unfolded 1-Fe Brillouin zone. Orbital order: d_xz, d_yz, d_x2-y2, d_xy, d_3z2-r2.
+source's unit). The lattice is the square 1-Fe lattice, lattice constant 1 = Fe-Fe distance, x and y along the
+Fe-Fe bonds; k is in the unfolded 1-Fe Brillouin zone. Orbital order: d_xz, d_yz, d_x2-y2, d_xy, d_3z2-r2.
 
 The k-space Hamiltonian is H0(k)_ij = xi_ij(k) + delta_ij eps_i with the published forms xi_ij(k) (harmonics up to
 |d_x|, |d_y| <= 2); the real-space hoppings T_d are its exact Fourier coefficients, obtained once on an 8 x 8
@@ -229,7 +229,7 @@ def graser2009(mu=-0.0272, delta=0.0, gap: str = "s+-") -> TightBindingModel:
 LIFEAS2017_PAIRS = ("11", "22", "33", "44", "55", "12", "13", "14", "15", "23", "24", "25", "34", "35", "45")
 
 #: In-plane parameters (eV) as stored in the source (``tin``): columns 1..8 hoppings, column 9 on-site energy.
-#: Exact copy of /work/shared/reference/lifeas_chi2017_5orbital.json (``tin_eV``), before C4 symmetrisation.
+#: Exact copy of shared/reference/lifeas_chi2017_5orbital.json (``tin_eV``), before C4 symmetrisation.
 LIFEAS2017_TIN = {
     "11": (-0.024, -0.024, -0.04, -0.01, -0.01, 0.0, 0.0, -0.015, -0.43),
     "22": (0.38, 0.051, 0.26, -0.075, 0.0137, -0.022, 0.045, 0.038, 0.0088),
@@ -505,7 +505,7 @@ def lifeas2017(mu=LIFEAS2017_MU_SOURCE, delta=0.0, gap: str = "s+-", *, symmetri
 
     Source: the tables ``tin`` (in-plane) and ``tout`` (kz) of Five_band_model.mat and the matrix elements of
     func_five_band_model.m in github ShunChi100/LiFeAs_IET_matlab_code (S. Chi, 2014-2016), as copied into
-    /work/shared/reference/lifeas_chi2017_5orbital.json. The original publication of this hopping fit is not
+    shared/reference/lifeas_chi2017_5orbital.json. The original publication of this hopping fit is not
     named there (possibly a five-orbital form of the LiFeAs model of Wang, Kreisel et al., PRB 88, 174516 (2013)).
 
     h(k) = H0(k) - mu (5 x 5 per spin, spin-degenerate), H0 from :func:`lifeas2017_h0`; tetragonal 1-Fe lattice,
