@@ -122,6 +122,53 @@ class BoundStateBatch(NamedTuple):
     converged: jax.Array
 
 
+def _refine_crossings(evaluate, grid, lam_grid, index, crossing, atol, max_iter):
+    """Zero crossings of sorted eigenvalues, bracketed on a grid and refined by safeguarded Newton steps.
+
+    Args:
+        evaluate: x (n,) -> (A(x), dA/dx), each (n, R, R) Hermitian; A's sorted eigenvalues increase with x.
+        grid: (G,) ascending energies; lam_grid: (G, R) sorted eigenvalues of A on it.
+        index: (n,) which sorted eigenvalue each root belongs to; crossing: (n,) whether it crosses zero.
+        atol: absolute tolerance on the root; max_iter: Newton steps at most.
+
+    Returns:
+        roots (n,) and done (n,) (True for converged roots and for entries that do not cross).
+    """
+    n_grid = grid.shape[0]
+    column = lam_grid[:, index].T  # (n, G)
+    j = jnp.clip(jnp.sum(column < 0, axis=1) - 1, 0, n_grid - 2)
+    lam_lo = jnp.take_along_axis(column, j[:, None], 1)[:, 0]
+    lam_hi = jnp.take_along_axis(column, j[:, None] + 1, 1)[:, 0]
+    lo0, hi0 = grid[j], grid[j + 1]
+    # start from linear interpolation inside the bracket
+    x0 = jnp.clip(lo0 - lam_lo * (hi0 - lo0) / jnp.where(lam_hi > lam_lo, lam_hi - lam_lo, 1.0), lo0, hi0)
+    ar = jnp.arange(index.shape[0])
+
+    def cond(state):
+        _, _, _, done, it = state
+        return (it < max_iter) & ~jnp.all(done)
+
+    def body(state):
+        lo, hi, x, done, it = state
+        a, da = evaluate(x)
+        lam, vec = jnp.linalg.eigh(a)
+        f = lam[ar, index]  # eigenvalue number index[i] of A(x_i)
+        v = vec[ar, :, index]
+        fp = jnp.real(jnp.einsum("ka,kab,kb->k", v.conj(), da, v))
+        lo = jnp.where(f < 0, x, lo)
+        hi = jnp.where(f < 0, hi, x)
+        step = f / fp
+        newton = x - step
+        ok = (newton >= lo) & (newton <= hi) & jnp.isfinite(newton)
+        exact = f == 0  # landed on the root: keep it (a bisection step would leave it)
+        x_new = jnp.where(exact, x, jnp.where(ok, newton, 0.5 * (lo + hi)))
+        now_done = done | exact | (ok & (jnp.abs(step) < atol)) | (hi - lo < atol)
+        return lo, hi, jnp.where(done, x, x_new), now_done, it + 1
+
+    _, _, roots, done, _ = jax.lax.while_loop(cond, body, (lo0, hi0, x0, ~crossing, jnp.asarray(0)))
+    return roots, done
+
+
 @partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "max_iter"))
 def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid, chunk_size, cache, max_iter=100):
     form = _hermitian_form(potential)
@@ -148,40 +195,10 @@ def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid,
     index = n_pos_end + jnp.arange(half)
     crossing = (index < n_neg_zero) & has_gap
     index = jnp.minimum(index, r - 1)
-    # Bracket each crossing by the grid and start Newton from linear interpolation inside the bracket.
-    column = lam_grid[:, index].T  # (half, N_BRACKET)
-    j = jnp.clip(jnp.sum(column < 0, axis=1) - 1, 0, N_BRACKET - 2)
-    lam_lo = jnp.take_along_axis(column, j[:, None], 1)[:, 0]
-    lam_hi = jnp.take_along_axis(column, j[:, None] + 1, 1)[:, 0]
-    lo0, hi0 = grid[j], grid[j + 1]
-    x0 = lo0 - lam_lo * (hi0 - lo0) / jnp.where(lam_hi > lam_lo, lam_hi - lam_lo, 1.0)
-    x0 = jnp.clip(x0, lo0, hi0)
     atol = tol * gap
-    ar = jnp.arange(half)
-
-    def cond(state):
-        _, _, _, done, it = state
-        return (it < max_iter) & ~jnp.all(done)
-
-    def body(state):
-        lo, hi, x, done, it = state
-        a, da = _form_at(green, form, idx_imp, x)
-        lam, vec = jnp.linalg.eigh(a)
-        f = lam[ar, index]  # eigenvalue number index[i] of A(x_i)
-        v = vec[ar, :, index]
-        fp = jnp.real(jnp.einsum("ka,kab,kb->k", v.conj(), da, v))
-        lo = jnp.where(f < 0, x, lo)
-        hi = jnp.where(f < 0, hi, x)
-        step = f / fp
-        newton = x - step
-        ok = (newton >= lo) & (newton <= hi) & jnp.isfinite(newton)
-        exact = f == 0  # landed on the root: keep it (a bisection step would leave it)
-        x_new = jnp.where(exact, x, jnp.where(ok, newton, 0.5 * (lo + hi)))
-        now_done = done | exact | (ok & (jnp.abs(step) < atol)) | (hi - lo < atol)
-        return lo, hi, jnp.where(done, x, x_new), now_done, it + 1
-
-    state = (lo0, hi0, x0, ~crossing, jnp.asarray(0))
-    _, _, positive, done, _ = jax.lax.while_loop(cond, body, state)
+    positive, done = _refine_crossings(
+        lambda x: _form_at(green, form, idx_imp, x), grid, lam_grid, index, crossing, atol, max_iter
+    )
     roots = jnp.concatenate([-positive, positive])
     crossing = jnp.concatenate([crossing, crossing])
     done = jnp.concatenate([done, done])

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax import _precision  # noqa: F401
-from shibajax.bound_states import EDGE_MARGIN, ROOT_TOL, _hermitian, _hermitian_form
+from shibajax.bound_states import EDGE_MARGIN, ROOT_TOL, _hermitian, _hermitian_form, _refine_crossings
 from shibajax.brillouin_zone import bdg_eigensystem
 from shibajax.errors import ImpurityError, ShapeError
 from shibajax.impurities import Impurity, channel_potential
@@ -146,36 +146,9 @@ def _bands_one_q(model, potential, q, edge_margin, tol, *, spacing, axis, n_perp
     index = n_pos_end + jnp.arange(r)
     crossing = index < n_neg_start
     index = jnp.minimum(index, r - 1)
-    column = lam_grid[:, index].T  # (R, N_BRACKET)
-    j = jnp.clip(jnp.sum(column < 0, axis=1) - 1, 0, N_BRACKET - 2)
-    lam_lo = jnp.take_along_axis(column, j[:, None], 1)[:, 0]
-    lam_hi = jnp.take_along_axis(column, j[:, None] + 1, 1)[:, 0]
-    lo0, hi0 = grid[j], grid[j + 1]
-    x0 = lo0 - lam_lo * (hi0 - lo0) / jnp.where(lam_hi > lam_lo, lam_hi - lam_lo, 1.0)
-    x0 = jnp.clip(x0, lo0, hi0)
-    atol = tol * gap
-    ar = jnp.arange(r)
-
-    def cond(state):
-        return (state[4] < max_iter) & ~jnp.all(state[3])
-
-    def body(state):
-        lo, hi, x, done, it = state
-        lam, vec = jnp.linalg.eigh(jax.vmap(a_of)(x))
-        f = lam[ar, index]
-        v = vec[ar, :, index]
-        fp = jnp.real(jnp.einsum("ka,kab,kb->k", v.conj(), jax.vmap(da_of)(x), v))
-        lo = jnp.where(f < 0, x, lo)
-        hi = jnp.where(f < 0, hi, x)
-        step = f / fp
-        newton = x - step
-        ok = (newton >= lo) & (newton <= hi) & jnp.isfinite(newton)
-        exact = f == 0
-        x_new = jnp.where(exact, x, jnp.where(ok, newton, 0.5 * (lo + hi)))
-        now_done = done | exact | (ok & (jnp.abs(step) < atol)) | (hi - lo < atol)
-        return lo, hi, jnp.where(done, x, x_new), now_done, it + 1
-
-    _, _, roots, done, _ = jax.lax.while_loop(cond, body, (lo0, hi0, x0, ~crossing, jnp.asarray(0)))
+    roots, done = _refine_crossings(
+        lambda x: (jax.vmap(a_of)(x), jax.vmap(da_of)(x)), grid, lam_grid, index, crossing, tol * gap, max_iter
+    )
     energies = jnp.sort(jnp.where(crossing, roots, jnp.nan))
     return energies, gap, jnp.sum(crossing), jnp.all(done | ~crossing)
 
