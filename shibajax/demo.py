@@ -33,10 +33,8 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 import platform
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ from typing import Any
 import numpy as np
 
 import shibajax
-from shibajax.errors import ShibajaxError
+from shibajax.config import ConfigError, check_keys, load_toml, number, numbers, positive_int
 from shibajax.models import from_hoppings, rashba_hopping
 
 #: Default parameters of the demo; a TOML config overrides any of them (same names and nesting).
@@ -78,49 +76,8 @@ WINDOW = 1.5
 ETA_OVER_GAP = 0.01
 
 
-class ConfigError(ShibajaxError):
-    """A demo configuration (TOML file or command-line value) that cannot be used."""
-
-
-# ----------------------------------------------------------------------------------------------- config
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _number(value, key: str) -> float:
-    if not _is_number(value):
-        raise ConfigError(f"{key} must be a finite number; got {value!r}")
-    return float(value)
-
-
-def _numbers(value, key: str, length: int) -> list[float]:
-    if not isinstance(value, list) or len(value) != length or not all(_is_number(v) for v in value):
-        raise ConfigError(f"{key} must be a list of {length} numbers; got {value!r}")
-    return [float(v) for v in value]
-
-
-def _positive_int(value, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer; got {value!r}")
-    return int(value)
-
-
-def _check_keys(table, allowed, where: str) -> None:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where or 'the config'} must be a table; got {table!r}")
-    for key in table:
-        if key not in allowed:
-            name = f"{where}.{key}" if where else key
-            raise ConfigError(
-                f"unknown config key {name!r}; allowed keys{' in ' + where if where else ''}: "
-                f"{', '.join(sorted(allowed))}"
-            )
-
-
 def _channel(entry, default, key: str) -> dict:
-    _check_keys(entry, ("orbitals", "K", "J"), key)
+    check_keys(entry, ("orbitals", "K", "J"), key)
     out = dict(default)
     out.update(entry)
     orbitals = out["orbitals"]
@@ -130,7 +87,7 @@ def _channel(entry, default, key: str) -> dict:
 
     if not (orbitals is None or is_index(orbitals) or (isinstance(orbitals, list) and all(map(is_index, orbitals)))):
         raise ConfigError(f"{key}.orbitals must be an orbital index (0 or 1) or a list of them; got {orbitals!r}")
-    return {"orbitals": orbitals, "K": _number(out["K"], f"{key}.K"), "J": _number(out["J"], f"{key}.J")}
+    return {"orbitals": orbitals, "K": number(out["K"], f"{key}.K"), "J": number(out["J"], f"{key}.J")}
 
 
 def resolve_config(config: dict | None = None, *, kgrid: int | None = None) -> dict:
@@ -140,34 +97,34 @@ def resolve_config(config: dict | None = None, *, kgrid: int | None = None) -> d
     """
     config = {} if config is None else config
     out = copy.deepcopy(DEFAULTS)
-    _check_keys(config, DEFAULTS, "")
+    check_keys(config, DEFAULTS, "")
     if "kgrid" in config:
-        out["kgrid"] = _positive_int(config["kgrid"], "kgrid")
+        out["kgrid"] = positive_int(config["kgrid"], "kgrid")
     if kgrid is not None:
-        out["kgrid"] = _positive_int(kgrid, "--kgrid")
+        out["kgrid"] = positive_int(kgrid, "--kgrid")
     if "eta" in config:
-        eta = _number(config["eta"], "eta")
+        eta = number(config["eta"], "eta")
         if eta <= 0:
             raise ConfigError(f"eta must be > 0 (a broadening in units of t); got {eta!r}")
         out["eta"] = eta
     if "n_energies" in config:
-        out["n_energies"] = _positive_int(config["n_energies"], "n_energies")
+        out["n_energies"] = positive_int(config["n_energies"], "n_energies")
 
     model_in = config.get("model", {})
-    _check_keys(model_in, DEFAULTS["model"], "model")
+    check_keys(model_in, DEFAULTS["model"], "model")
     model = out["model"]
     for key in ("t", "onsite"):
         if key in model_in:
-            model[key] = _numbers(model_in[key], f"model.{key}", 2)
+            model[key] = numbers(model_in[key], f"model.{key}", 2)
     for key in ("t_inter", "mu", "rashba"):
         if key in model_in:
-            model[key] = _number(model_in[key], f"model.{key}")
+            model[key] = number(model_in[key], f"model.{key}")
     if "delta" in model_in:
         d = model_in["delta"]
-        model["delta"] = _numbers(d, "model.delta", 2) if isinstance(d, list) else _number(d, "model.delta")
+        model["delta"] = numbers(d, "model.delta", 2) if isinstance(d, list) else number(d, "model.delta")
 
     imp_in = config.get("impurity", {})
-    _check_keys(imp_in, DEFAULTS["impurity"], "impurity")
+    check_keys(imp_in, DEFAULTS["impurity"], "impurity")
     imp = out["impurity"]
     if "site" in imp_in:
         site = imp_in["site"]
@@ -175,7 +132,7 @@ def resolve_config(config: dict | None = None, *, kgrid: int | None = None) -> d
             raise ConfigError(f"impurity.site must be two integers [x, y]; got {site!r}")
         imp["site"] = list(site)
     if "spin" in imp_in:
-        imp["spin"] = _numbers(imp_in["spin"], "impurity.spin", 3)
+        imp["spin"] = numbers(imp_in["spin"], "impurity.spin", 3)
     if "channels" in imp_in:
         chans = imp_in["channels"]
         if not isinstance(chans, list) or not chans:
@@ -189,16 +146,7 @@ def resolve_config(config: dict | None = None, *, kgrid: int | None = None) -> d
     return out
 
 
-def load_config(path) -> dict:
-    """Read a TOML config file (not yet checked: see :func:`resolve_config`)."""
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {err.strerror or err}") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+load_config = load_toml
 
 
 # ------------------------------------------------------------------------------------------------ model

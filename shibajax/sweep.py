@@ -70,7 +70,6 @@ import math
 import os
 import sys
 import time
-import tomllib
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -81,7 +80,7 @@ import numpy as np
 
 from shibajax.bound_states import bound_state_energies
 from shibajax.clusters import chain_sites, impurities_at, spiral_spins
-from shibajax.errors import ShibajaxError
+from shibajax.config import ConfigError, check_keys, load_toml, number, positive_int
 from shibajax.models import square
 
 #: Default configuration; a config overrides any of it (same names and nesting).
@@ -106,32 +105,12 @@ DEFAULT_CHUNK = 256
 ENERGY_UNIT = "energy unit of the model (the unit of t, mu, delta, K, J; t = 1 by default)"
 
 
-class SweepConfigError(ShibajaxError):
-    """A sweep configuration, or an output file, that cannot be used."""
-
-
-# ----------------------------------------------------------------------------------------------- config
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _number(value, key: str) -> float:
-    if not _is_number(value):
-        raise SweepConfigError(f"{key} must be a finite number; got {value!r}")
-    return float(value)
-
-
-def _positive_int(value, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SweepConfigError(f"{key} must be a positive integer; got {value!r}")
-    return int(value)
+SweepConfigError = ConfigError  # one error class for every configuration
 
 
 def check_chunk(value, key: str = "chunk") -> int:
     """A chunk size: a positive integer (else :class:`SweepConfigError` naming ``key``)."""
-    return _positive_int(value, key)
+    return positive_int(value, key)
 
 
 def _separation(value, key: str) -> list[int]:
@@ -144,25 +123,13 @@ def _separation(value, key: str) -> list[int]:
     return [int(v) for v in value]
 
 
-def _check_keys(table, allowed, where: str) -> None:
-    if not isinstance(table, dict):
-        raise SweepConfigError(f"{where or 'the config'} must be a table; got {table!r}")
-    for key in table:
-        if key not in allowed:
-            name = f"{where}.{key}" if where else key
-            raise SweepConfigError(
-                f"unknown config key {name!r}; allowed keys{' in ' + where if where else ''}: "
-                f"{', '.join(sorted(allowed))}"
-            )
-
-
 def _value(key: str, value, where: str):
     """Check one (fixed or swept) parameter value."""
     if key == "separation":
         return _separation(value, where)
     if key in ("n", "spacing"):
-        return _positive_int(value, where)
-    return _number(value, where)
+        return positive_int(value, where)
+    return number(value, where)
 
 
 def resolve_config(config: dict | None = None) -> dict:
@@ -171,19 +138,19 @@ def resolve_config(config: dict | None = None) -> dict:
     An unknown key or a value of the wrong kind raises :class:`SweepConfigError` naming it.
     """
     config = {} if config is None else config
-    _check_keys(config, DEFAULTS, "")
+    check_keys(config, DEFAULTS, "")
     out = copy.deepcopy(DEFAULTS)
     if "kgrid" in config:
         k = config["kgrid"]
         if isinstance(k, list):
             if len(k) != 2:
                 raise SweepConfigError(f"kgrid must be an integer L or a list [Lx, Ly]; got {k!r}")
-            out["kgrid"] = [_positive_int(v, "kgrid") for v in k]
+            out["kgrid"] = [positive_int(v, "kgrid") for v in k]
         else:
-            out["kgrid"] = [_positive_int(k, "kgrid")] * 2
+            out["kgrid"] = [positive_int(k, "kgrid")] * 2
 
     model_in = config.get("model", {})
-    _check_keys(model_in, DEFAULTS["model"], "model")
+    check_keys(model_in, DEFAULTS["model"], "model")
     model = out["model"]
     if model_in.get("name", "square") != "square":
         raise SweepConfigError(f"model.name must be 'square' (the only sweep model); got {model_in['name']!r}")
@@ -193,7 +160,7 @@ def resolve_config(config: dict | None = None) -> dict:
         model["gap"] = model_in["gap"]
     for key in MODEL_PARAMS:
         if key in model_in:
-            model[key] = _number(model_in[key], f"model.{key}")
+            model[key] = number(model_in[key], f"model.{key}")
 
     imp_in = config.get("impurity", {})
     if not isinstance(imp_in, dict):
@@ -202,7 +169,7 @@ def resolve_config(config: dict | None = None) -> dict:
     if kind not in KIND_DEFAULTS:
         raise SweepConfigError(f"impurity.kind must be one of {', '.join(KIND_DEFAULTS)}; got {kind!r}")
     imp = {"kind": kind, "K": DEFAULTS["impurity"]["K"], "J": DEFAULTS["impurity"]["J"], **KIND_DEFAULTS[kind]}
-    _check_keys(imp_in, imp, "impurity")
+    check_keys(imp_in, imp, "impurity")
     for key, value in imp_in.items():
         if key != "kind":
             imp[key] = _value(key, value, f"impurity.{key}")
@@ -210,7 +177,7 @@ def resolve_config(config: dict | None = None) -> dict:
 
     sweep_in = config.get("sweep", {})
     allowed = MODEL_PARAMS + CONTINUOUS[kind] + SHAPE[kind]
-    _check_keys(sweep_in, allowed, "sweep")
+    check_keys(sweep_in, allowed, "sweep")
     for key, values in sweep_in.items():
         if not isinstance(values, list) or not values:
             raise SweepConfigError(f"sweep.{key} must be a non-empty list of values; got {values!r}")
@@ -221,16 +188,7 @@ def resolve_config(config: dict | None = None) -> dict:
     return out
 
 
-def load_config(path) -> dict:
-    """Read a TOML sweep config (not yet checked: see :func:`resolve_config`)."""
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except OSError as err:
-        raise SweepConfigError(f"cannot read config file {str(path)!r}: {err.strerror or err}") from err
-    except tomllib.TOMLDecodeError as err:
-        raise SweepConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+load_config = load_toml
 
 
 def _config_json(cfg: dict) -> str:
@@ -428,7 +386,7 @@ def run_sweep(config: dict, out_path, *, chunk: int = DEFAULT_CHUNK, progress: b
     """
     from tqdm.auto import tqdm
 
-    chunk = _positive_int(chunk, "chunk")
+    chunk = positive_int(chunk, "chunk")
     cfg = resolve_config(config)
     path = Path(out_path)
     if path.exists() and path.is_dir():
