@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax import _precision  # noqa: F401
-from shibajax.brillouin_zone import chunked_kpoints, default_chunk_size, validate_kgrid
+from shibajax.brillouin_zone import chunked_kpoints, default_chunk_size, n_points, normalisation, validate_kgrid
 from shibajax.errors import ShapeError
 from shibajax.greens_function import validate_eta
 from shibajax.models.tight_binding import TightBindingModel, bdg_hamiltonian, electron_hamiltonian
@@ -226,7 +226,7 @@ def _dos(model, energies, eta, kgrid, chunk_size, kind):
         return acc + jnp.einsum("ecn,c->e", contrib, wc), None
 
     total, _ = jax.lax.scan(body, jnp.zeros(energies.shape[0]), (kpts, weights))
-    return total / math.prod(kgrid)
+    return total / normalisation(kgrid)
 
 
 def normal_state_dos(
@@ -275,7 +275,7 @@ def normal_state_dos(
     e = jnp.atleast_1d(jnp.asarray(energies, dtype=jnp.float64))
     if e.ndim != 1:
         raise ShapeError(f"energies must be a 1D array; got shape {e.shape}")
-    n_k = math.prod(kgrid)
+    n_k = n_points(kgrid)
     n_bands = 2 * model.n_orb
     if chunk_size is None:
         chunk_size = default_chunk_size(n_k, max(4 * n_bands**2, 2 * n_bands * e.shape[0]))
@@ -321,8 +321,7 @@ def filling(model: TightBindingModel, *, kgrid, chunk_size: int | None = None) -
         1.0
     """
     kgrid = validate_kgrid(kgrid, model.dim)
-    n_k = math.prod(kgrid)
     if chunk_size is None:
-        chunk_size = default_chunk_size(n_k, 4 * (2 * model.n_orb) ** 2)
+        chunk_size = default_chunk_size(n_points(kgrid), 4 * (2 * model.n_orb) ** 2)
     # Divide outside the jit: XLA may turn x / N into x * (1 / N), which is not exact.
-    return _filling(model, kgrid, int(chunk_size)) / n_k
+    return _filling(model, kgrid, int(chunk_size)) / normalisation(kgrid)

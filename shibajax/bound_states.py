@@ -22,7 +22,6 @@ Phys. Rev. B 56, 11213 (1997)).
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import partial
 from typing import NamedTuple
 
@@ -31,13 +30,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax import _precision  # noqa: F401
-from shibajax.brillouin_zone import _gap_edge, default_chunk_size, validate_kgrid
+from shibajax.brillouin_zone import (
+    _gap_edge,
+    default_chunk_size,
+    describe_kgrid,
+    n_points,
+    normalisation,
+    validate_kgrid,
+)
 from shibajax.errors import NoGapError
 from shibajax.greens_function import (
     bare_greens_sum,
     bz_eigensystem,
     chunk_elements_per_k,
     greens_sum_from_eigensystem,
+    projected_greens_sum,
     validate_displacements,
 )
 from shibajax.impurities import impurity_potential
@@ -65,8 +72,12 @@ class _HermitianForm(NamedTuple):
     coupled: jax.Array  # (R,) bool
 
 
-def _hermitian_form(potential: jax.Array) -> _HermitianForm:
+def _hermitian_form(potential: jax.Array, rank: int | None = None) -> _HermitianForm:
+    """V = Q Lambda Q^dagger; with a static ``rank`` only the rank largest |lambda| are kept (Q is R x rank)."""
     lam, q = jnp.linalg.eigh(potential)
+    if rank is not None and rank < lam.shape[0]:
+        keep = jnp.argsort(-jnp.abs(lam))[:rank]
+        lam, q = lam[keep], q[:, keep]
     scale = jnp.max(jnp.abs(lam))
     coupled = jnp.abs(lam) > ZERO_COUPLING * scale
     safe = jnp.where(coupled, lam, 1.0)
@@ -79,7 +90,7 @@ def _green_powers(model, disp, kgrid, chunk_size, eigensystem):
     """(z, max_power) -> (G0, ..., G0^max_power) at the displacements: from a cached eigensystem, or
     diagonalising chunk by chunk."""
     if eigensystem is not None:
-        n_k = math.prod(kgrid)
+        n_k = normalisation(kgrid)
         return lambda z, p: greens_sum_from_eigensystem(eigensystem, disp, z, n_k=n_k, max_power=p)
     return lambda z, p: bare_greens_sum(model, disp, z, kgrid=kgrid, chunk_size=chunk_size, max_power=p)
 
@@ -88,17 +99,32 @@ def _hermitian(x):
     return 0.5 * (x + jnp.swapaxes(x.conj(), -1, -2))
 
 
-def _form_at(green, form, idx_imp, energies, derivative=True):
-    """A(E) (and dA/dE) at real energies (n_E,): each (n_E, R, R), Hermitian (G0 is Hermitian in the gap)."""
-    gs = green(jnp.asarray(energies, jnp.float64), 2 if derivative else 1)
+def _channel_green(model, sites, disp, idx_imp, form, kgrid, chunk_size, eigensystem):
+    """(z, max_power) -> (Q^dagger G0 Q, ..., Q^dagger G0^max_power Q), each (n_z, r, r).
+
+    Two exact routes with different costs per (k, band): G0 at every displacement between impurity sites and
+    then the projection (n_d M^2), or the projection inside the k-sum (n_s M r + r^2, see
+    :func:`~shibajax.greens_function.projected_greens_sum`). The cheaper is chosen from the (static) shapes.
+    """
+    m = model.nambu_dim
+    r = form.q.shape[1]
+    if r * r + sites.shape[0] * m * r < disp.shape[0] * m * m:
+        return lambda z, p: projected_greens_sum(
+            model, sites, form.q, z, kgrid=kgrid, chunk_size=chunk_size, max_power=p, eigensystem=eigensystem
+        )
+    green = _green_powers(model, disp, kgrid, chunk_size, eigensystem)
     qh = form.q.conj().T
+    return lambda z, p: tuple(qh @ block_matrix(g, idx_imp) @ form.q for g in green(z, p))
+
+
+def _form_at(channel_green, form, energies, derivative=True):
+    """A(E) (and dA/dE) at real energies (n_E,): each (n_E, r, r), Hermitian (G0 is Hermitian in the gap)."""
+    gs = channel_green(jnp.asarray(energies, jnp.float64), 2 if derivative else 1)
     both = form.coupled[:, None] & form.coupled[None, :]
-    b = qh @ block_matrix(gs[0], idx_imp) @ form.q
-    a = _hermitian(jnp.diag(form.inverse).astype(jnp.complex128) - jnp.where(both, b, 0.0))
+    a = _hermitian(jnp.diag(form.inverse).astype(jnp.complex128) - jnp.where(both, gs[0], 0.0))
     if not derivative:
         return a, None
-    b2 = qh @ block_matrix(gs[1], idx_imp) @ form.q
-    return a, _hermitian(jnp.where(both, b2, 0.0))
+    return a, _hermitian(jnp.where(both, gs[1], 0.0))
 
 
 #: Energies E = e_max sin(theta), theta uniform in [0, pi/2], on which the crossings are first bracketed
@@ -169,17 +195,16 @@ def _refine_crossings(evaluate, grid, lam_grid, index, crossing, atol, max_iter)
     return roots, done
 
 
-@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "max_iter"))
-def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid, chunk_size, cache, max_iter=100):
-    form = _hermitian_form(potential)
-    r = potential.shape[0]
+def _bracket(model, potential, sites, disp, idx_imp, edge_margin, kgrid, chunk_size, cache, rank):
+    """Shared first stage: the channel form, G0 evaluator, gap and the sorted eigenvalues of A on the bracket grid."""
+    form = _hermitian_form(potential, rank)
     if cache:  # diagonalise once, reuse in every Newton step
         eig = bz_eigensystem(model, kgrid, chunk_size)
         gap = jnp.min(jnp.abs(eig.energies))  # padding points repeat k = 0: harmless for a minimum
     else:
         eig = None
         gap = _gap_edge(model, kgrid, chunk_size)
-    green = _green_powers(model, disp, kgrid, chunk_size, eig)
+    green = _channel_green(model, sites, disp, idx_imp, form, kgrid, chunk_size, eig)
     hop_scale = jnp.max(jnp.abs(model.hoppings))
     has_gap = gap > NO_GAP * hop_scale
     e_max = gap * (1.0 - edge_margin)
@@ -187,17 +212,49 @@ def _solve(model, potential, disp, idx_imp, edge_margin, tol, deg_tol, *, kgrid,
     # crossing zero there are a contiguous block k = n_pos_end .. n_neg_zero - 1 of at most R/2 indices.
     grid = e_max * jnp.sin(jnp.linspace(0.0, 0.5 * jnp.pi, N_BRACKET))
     grid = grid.at[-1].set(e_max)
-    a_grid, _ = _form_at(green, form, idx_imp, grid, derivative=False)
+    a_grid, _ = _form_at(green, form, grid, derivative=False)
     lam_grid = jnp.linalg.eigvalsh(a_grid)  # (N_BRACKET, R), each column increasing
+    return form, green, gap, has_gap, grid, lam_grid
+
+
+@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "rank"))
+def _count_crossings(model, potential, sites, disp, idx_imp, edge_margin, *, kgrid, chunk_size, cache, rank=None):
+    """Number of positive-energy crossings (cheap: the bracket grid only); sizes the Newton stage of bound_states."""
+    *_, lam_grid = _bracket(model, potential, sites, disp, idx_imp, edge_margin, kgrid, chunk_size, cache, rank)
+    return jnp.sum(lam_grid[0] < 0) - jnp.sum(lam_grid[-1] <= 0)
+
+
+@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "rank", "slots", "max_iter"))
+def _solve(
+    model,
+    potential,
+    sites,
+    disp,
+    idx_imp,
+    edge_margin,
+    tol,
+    deg_tol,
+    *,
+    kgrid,
+    chunk_size,
+    cache,
+    rank=None,
+    slots=None,
+    max_iter=100,
+):
+    form, green, gap, has_gap, grid, lam_grid = _bracket(
+        model, potential, sites, disp, idx_imp, edge_margin, kgrid, chunk_size, cache, rank
+    )
+    r = form.q.shape[1]
     n_neg_zero = jnp.sum(lam_grid[0] < 0)
     n_pos_end = jnp.sum(lam_grid[-1] <= 0)
-    half = r // 2
+    half = r // 2 if slots is None else slots  # slots: the number of crossings, when known beforehand
     index = n_pos_end + jnp.arange(half)
     crossing = (index < n_neg_zero) & has_gap
     index = jnp.minimum(index, r - 1)
     atol = tol * gap
     positive, done = _refine_crossings(
-        lambda x: _form_at(green, form, idx_imp, x), grid, lam_grid, index, crossing, atol, max_iter
+        lambda x: _form_at(green, form, x), grid, lam_grid, index, crossing, atol, max_iter
     )
     roots = jnp.concatenate([-positive, positive])
     crossing = jnp.concatenate([crossing, crossing])
@@ -216,9 +273,22 @@ def _setup(model, impurities, kgrid, chunk_size):
     m = model.nambu_dim
     if chunk_size is None:
         n_z = potential.shape[0] // 2 + 2
-        chunk_size = default_chunk_size(math.prod(kgrid), chunk_elements_per_k(m, n_z, disp.shape[0], 2))
-    cache = math.prod(kgrid) * m * m <= EIGENSYSTEM_CACHE_ELEMENTS
+        chunk_size = default_chunk_size(n_points(kgrid), chunk_elements_per_k(m, n_z, disp.shape[0], 2))
+    cache = n_points(kgrid) * m * m <= EIGENSYSTEM_CACHE_ELEMENTS
     return kgrid, sites, potential, disp, idx_imp, int(chunk_size), cache
+
+
+def potential_rank(potential) -> int | None:
+    """Number of coupled directions of a concrete potential (even, by particle-hole symmetry), or None under a
+    trace (vmap over parameters: then every direction is searched). Large non-local potentials (adatoms with
+    orbital-shaped channels) have rank << size, and the search then works in the rank-dimensional space."""
+    if isinstance(potential, jax.core.Tracer):
+        return None
+    lam = np.linalg.eigvalsh(np.asarray(potential))
+    scale = np.max(np.abs(lam)) if lam.size else 0.0
+    rank = int(np.sum(np.abs(lam) > ZERO_COUPLING * scale)) if scale > 0 else lam.size
+    rank += rank % 2
+    return rank if rank < lam.size else None
 
 
 def _check_gap_input(model: TightBindingModel):
@@ -255,13 +325,25 @@ def bound_state_energies(
     return _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size)[0]
 
 
-def _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size):
-    """Check the input, set up and run the jitted search; returns (batch, (kgrid, sites, V, disp, idx, chunk))."""
+def _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=False):
+    """Check the input, set up and run the jitted search; returns (batch, (kgrid, sites, V, disp, idx, chunk)).
+
+    With ``compact`` (host-side calls only) the crossings are counted first and the Newton stage refines only
+    those, instead of one slot per channel direction: much cheaper for large clusters with few states.
+    """
     _check_gap_input(model)
     kgrid, sites, potential, disp, idx_imp, chunk_size, cache = _setup(model, impurities, kgrid, chunk_size)
+    rank = potential_rank(potential)
+    site_array = jnp.asarray(sites, jnp.float64)
+    slots = None
+    if compact and not isinstance(potential, jax.core.Tracer):
+        slots = max(1, int(_count_crossings(
+            model, potential, site_array, disp, idx_imp, edge_margin,
+            kgrid=kgrid, chunk_size=chunk_size, cache=cache, rank=rank,
+        )))  # fmt: skip
     batch = _solve(
-        model, potential, disp, idx_imp, edge_margin, tol, degeneracy_tol,
-        kgrid=kgrid, chunk_size=chunk_size, cache=cache,
+        model, potential, site_array, disp, idx_imp, edge_margin, tol, degeneracy_tol,
+        kgrid=kgrid, chunk_size=chunk_size, cache=cache, rank=rank, slots=slots,
     )  # fmt: skip
     return batch, (kgrid, sites, potential, disp, idx_imp, chunk_size)
 
@@ -280,6 +362,8 @@ class BoundStates:
         kgrid: the k-grid.
         converged: every root met the tolerance.
         model: the model (for wavefunctions).
+        energy_errors: (n,) estimated errors of ``energies`` from the k-integration, when known
+            (:func:`shibajax.fermi_shell.converged_bound_states`), else None.
     """
 
     energies: np.ndarray
@@ -290,6 +374,14 @@ class BoundStates:
     kgrid: tuple[int, ...]
     converged: bool
     model: TightBindingModel = dataclasses.field(repr=False)
+    energy_errors: np.ndarray | None = None
+
+    def with_errors(self, errors) -> BoundStates:
+        """A copy with ``energy_errors`` set, (n,) energy units."""
+        errors = np.asarray(errors, dtype=np.float64)
+        if errors.shape != self.energies.shape:
+            raise ValueError(f"errors {errors.shape} must match energies {self.energies.shape}")
+        return dataclasses.replace(self, energy_errors=errors)
 
     @property
     def all_energies(self) -> np.ndarray:
@@ -308,7 +400,7 @@ class BoundStates:
         disp, (idx,) = unique_displacements(pos[:, None, :] - self.sites[None, :, :])
         if chunk_size is None:
             per_k = chunk_elements_per_k(self.model.nambu_dim, len(self.energies), disp.shape[0])
-            chunk_size = default_chunk_size(math.prod(self.kgrid), per_k)
+            chunk_size = default_chunk_size(n_points(self.kgrid), per_k)
         (g,) = bare_greens_sum(
             self.model, disp, jnp.asarray(self.energies, jnp.float64), kgrid=self.kgrid, chunk_size=int(chunk_size)
         )
@@ -318,8 +410,10 @@ class BoundStates:
     def summary(self) -> str:
         """Short human-readable table of the states."""
         lines = [f"{len(self.energies)} levels ({int(self.multiplicities.sum())} states), gap edge {self.gap_edge:.6g}"]
-        for e, m in zip(self.energies, self.multiplicities, strict=True):
-            lines.append(f"  E = {e:+.10f}  (E/gap = {e / self.gap_edge:+.6f})  x{m}")
+        errors = self.energy_errors if self.energy_errors is not None else [None] * len(self.energies)
+        for e, m, err in zip(self.energies, self.multiplicities, errors, strict=True):
+            estimate = "" if err is None else f"  +- {err:.2g} (k-integration)"
+            lines.append(f"  E = {e:+.10f}  (E/gap = {e / self.gap_edge:+.6f})  x{m}{estimate}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -330,9 +424,10 @@ class BoundStates:
             "gap_edge": float(self.gap_edge),
             "energies_over_gap": [float(e / self.gap_edge) for e in self.energies],
             "sites": self.sites.tolist(),
-            "kgrid": list(self.kgrid),
+            "kgrid": describe_kgrid(self.kgrid),
             "converged": bool(self.converged),
             "model": self.model.name,
+            "energy_errors": None if self.energy_errors is None else [float(e) for e in self.energy_errors],
         }
 
 
@@ -370,7 +465,7 @@ def bound_states(
         >>> bs.multiplicities.tolist()
         [1, 1]
     """
-    batch, setup = _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size)
+    batch, setup = _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=True)
     kgrid, sites, potential, disp, idx_imp, chunk_size = setup
     gap = float(batch.gap_edge)
     if not bool(batch.has_gap):
@@ -381,7 +476,7 @@ def bound_states(
     energies = np.asarray(batch.energies)
     energies = energies[np.isfinite(energies)]
     levels, mults = _cluster(energies, degeneracy_tol * gap)
-    amplitudes = _amplitudes(model, potential, disp, idx_imp, levels, mults, sites.shape[0], kgrid, chunk_size)
+    amplitudes = _amplitudes(model, potential, sites, disp, idx_imp, levels, mults, kgrid, chunk_size)
     return BoundStates(
         energies=levels,
         multiplicities=mults,
@@ -407,13 +502,14 @@ def _cluster(energies: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     return np.array([np.mean(g) for g in groups]), np.array([len(g) for g in groups], dtype=int)
 
 
-def _amplitudes(model, potential, disp, idx_imp, levels, mults, n_imp, kgrid, chunk_size):
+def _amplitudes(model, potential, sites, disp, idx_imp, levels, mults, kgrid, chunk_size):
     """Orthonormal impurity-space amplitudes chi = Q w of each level, (m, n_imp, M) each."""
     if levels.size == 0:
         return ()
-    form = _hermitian_form(potential)
-    green = _green_powers(model, disp, kgrid, chunk_size, None)
-    a, da = _form_at(green, form, idx_imp, jnp.asarray(levels))
+    form = _hermitian_form(potential, potential_rank(potential))
+    n_imp = sites.shape[0]
+    green = _channel_green(model, jnp.asarray(sites, jnp.float64), disp, idx_imp, form, kgrid, chunk_size, None)
+    a, da = _form_at(green, form, jnp.asarray(levels))
     lam, vec = np.linalg.eigh(np.asarray(a))
     out = []
     m_dim = model.nambu_dim

@@ -25,8 +25,65 @@ from shibajax.models.tight_binding import TightBindingModel, bdg_hamiltonian
 CHUNK_BUDGET_ELEMENTS = 2**22
 
 
-def validate_kgrid(kgrid, dim: int) -> tuple[int, ...]:
-    """Return kgrid as a tuple of positive ints of length dim, or raise ShapeError."""
+class KMesh:
+    """An explicit set of k-points with quadrature weights: a non-uniform Brillouin-zone integration rule.
+
+    Every function that takes ``kgrid`` also takes a KMesh; BZ sums then read
+    (1/N) sum_k f(k) -> sum_k w_k f(k). Built, for instance, by :func:`shibajax.fermi_shell.fermi_shell_mesh`
+    (adaptive refinement near the Fermi surface). Compared and hashed by identity (it is a static argument of
+    compiled functions: a new mesh compiles anew, the same mesh reuses the compiled code).
+
+    Args:
+        points: (n_k, dim) reduced coordinates (k_i in [0, 2 pi), docs/conventions.md).
+        weights: (n_k,) positive weights summing to 1 (the BZ average of a constant is 1).
+        description: a label (shown in results).
+    """
+
+    __slots__ = ("description", "points", "weights")
+
+    def __init__(self, points, weights, description: str = "custom k-mesh"):
+        pts = np.asarray(points, dtype=np.float64)
+        w = np.asarray(weights, dtype=np.float64)
+        if pts.ndim != 2 or w.shape != (pts.shape[0],) or pts.shape[0] == 0:
+            raise ShapeError(f"KMesh needs points (n_k, dim) and weights (n_k,); got {pts.shape} and {w.shape}")
+        if not (np.all(np.isfinite(pts)) and np.all(np.isfinite(w)) and np.all(w >= 0)):
+            raise ShapeError("KMesh points and weights must be finite and the weights >= 0")
+        if abs(w.sum() - 1.0) > 1e-10:
+            raise ShapeError(f"KMesh weights must sum to 1 (a BZ average); they sum to {w.sum():.12g}")
+        self.points, self.weights, self.description = pts, w, description
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    def __repr__(self) -> str:
+        return f"KMesh({len(self)} points, dim={self.dim}: {self.description})"
+
+
+def n_points(kgrid) -> int:
+    """Number of k-points of a grid tuple or a :class:`KMesh`."""
+    return len(kgrid) if isinstance(kgrid, KMesh) else math.prod(kgrid)
+
+
+def normalisation(kgrid) -> float:
+    """What a weighted BZ sum is divided by: N for a uniform grid (weights 1), 1 for a KMesh (weights sum to 1)."""
+    return 1.0 if isinstance(kgrid, KMesh) else float(math.prod(kgrid))
+
+
+def describe_kgrid(kgrid) -> str | list[int]:
+    """JSON-ready description: the grid as a list, or the mesh's label and size."""
+    return f"{kgrid.description} ({len(kgrid)} points)" if isinstance(kgrid, KMesh) else list(kgrid)
+
+
+def validate_kgrid(kgrid, dim: int) -> tuple[int, ...] | KMesh:
+    """Return kgrid as a tuple of positive ints of length dim (or a KMesh of that dimension), or raise ShapeError."""
+    if isinstance(kgrid, KMesh):
+        if kgrid.dim != dim:
+            raise ShapeError(f"the k-mesh is {kgrid.dim}D but the lattice is {dim}D")
+        return kgrid
     if isinstance(kgrid, int | np.integer):
         kgrid = (int(kgrid),) * dim
     try:
@@ -50,14 +107,19 @@ def default_chunk_size(n_k: int, elements_per_k: int, budget: int = CHUNK_BUDGET
     return int(max(1, min(n_k, budget // max(1, elements_per_k))))
 
 
-def chunked_kpoints(kgrid: tuple[int, ...], chunk_size: int) -> tuple[jax.Array, jax.Array]:
-    """Grid split into chunks: k (n_chunks, chunk_size, dim) and weights (n_chunks, chunk_size) of 1 or 0."""
-    k = monkhorst_pack(kgrid)
+def chunked_kpoints(kgrid, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+    """Grid split into chunks: k (n_chunks, chunk_size, dim) and weights (n_chunks, chunk_size): 1 (or the
+    KMesh's weights) on real points, 0 on padding."""
+    if isinstance(kgrid, KMesh):
+        k, w = jnp.asarray(kgrid.points), jnp.asarray(kgrid.weights)
+    else:
+        k = monkhorst_pack(kgrid)
+        w = jnp.ones(k.shape[0])
     n_k = k.shape[0]
     n_chunks = math.ceil(n_k / chunk_size)
     pad = n_chunks * chunk_size - n_k
     k = jnp.concatenate([k, jnp.zeros((pad, k.shape[1]))]) if pad else k
-    w = jnp.concatenate([jnp.ones(n_k), jnp.zeros(pad)])
+    w = jnp.concatenate([w, jnp.zeros(pad)])
     return k.reshape(n_chunks, chunk_size, -1), w.reshape(n_chunks, chunk_size)
 
 
@@ -92,7 +154,7 @@ def gap_edge(model: TightBindingModel, kgrid, chunk_size: int | None = None) -> 
         Scalar float64 (energy units).
     """
     kgrid = validate_kgrid(kgrid, model.dim)
-    n_k = math.prod(kgrid)
+    n_k = n_points(kgrid)
     if chunk_size is None:
         chunk_size = default_chunk_size(n_k, 4 * model.nambu_dim**2)
     return _gap_edge(model, kgrid, int(chunk_size))

@@ -10,7 +10,6 @@ Powers p > 1 give (1/N) sum_k e^{ik.d} [z - H(k)]^-p, used for dG0/dE = -G0^2 an
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import NamedTuple
 
@@ -19,7 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax import _precision  # noqa: F401
-from shibajax.brillouin_zone import bdg_eigensystem, chunked_kpoints, default_chunk_size, validate_kgrid
+from shibajax.brillouin_zone import (
+    bdg_eigensystem,
+    chunked_kpoints,
+    default_chunk_size,
+    n_points,
+    normalisation,
+    validate_kgrid,
+)
 from shibajax.errors import BroadeningError, ShapeError
 from shibajax.models.tight_binding import TightBindingModel
 
@@ -47,6 +53,77 @@ def _chunk_green(energies_k, vectors_k, k, weights, z, displacements, max_power)
         out = jax.lax.complex(both[:, : n_d * m * m], both[:, n_d * m * m :])
     out = out.reshape(max_power, n_z, n_d, m, m)
     return tuple(out[p] for p in range(max_power))
+
+
+def _resolvent_product(energies_k, z, weighted_outer, max_power):
+    """sum_{k n} [z - E_n(k)]^-p X_{kn} for p = 1..max_power: energies_k (c, M), X (c M, F) -> (max_power, n_z, F)."""
+    c, m = energies_k.shape
+    n_z = z.shape[0]
+    resolvent = 1.0 / (z[:, None, None] - energies_k[None])  # (n_z, c, M)
+    powers = [resolvent]
+    for _ in range(1, max_power):
+        powers.append(powers[-1] * resolvent)
+    stacked = jnp.concatenate(powers).reshape(max_power * n_z, c * m)
+    if jnp.iscomplexobj(stacked):
+        out = stacked @ weighted_outer
+    else:  # real energies (inside the gap): real resolvents, so two real products instead of one complex one
+        f = weighted_outer.shape[1]
+        both = stacked @ jnp.concatenate([weighted_outer.real, weighted_outer.imag], axis=1)
+        out = jax.lax.complex(both[:, :f], both[:, f:])
+    return out.reshape(max_power, n_z, -1)
+
+
+def _chunk_projected(energies_k, vectors_k, k, weights, z, sites, q, max_power):
+    """Channel-space sum over one chunk: Q^dagger G0^p Q for p = 1..max_power, each (n_z, r, r).
+
+    sites (n_s, dim) integer, q (n_s M, r): the channel directions. With b_kn = sum_i Q_i^dagger e^{i k.R_i} |n_k>,
+    Q^dagger G0(z) Q = sum_{kn} b_kn b_kn^dagger / (z - E_n(k)). Costs (n_s M r + r^2) per (k, n) instead of
+    n_d M^2 for every displacement between sites: the way to go for large clusters with few channels.
+    """
+    c, m = energies_k.shape
+    r = q.shape[1]
+    phase = jnp.exp(1j * (k @ sites.T))  # (c, n_s)
+    b = jnp.einsum("ks,sar,kan->knr", phase, q.reshape(sites.shape[0], m, r).conj(), vectors_k)
+    outer = jnp.einsum("knr,kns,k->knrs", b, b.conj(), weights).reshape(c * m, r * r)
+    out = _resolvent_product(energies_k, z, outer, max_power).reshape(max_power, z.shape[0], r, r)
+    return tuple(out[p] for p in range(max_power))
+
+
+def _scan_kernel(kernel, z, xs, eigensystem_of, n_k, zero_shape, max_power):
+    """lax.scan of ``kernel(E, U, k, w, z) -> tuple of max_power arrays`` over chunks, divided by n_k."""
+    z = jnp.asarray(z, dtype=jnp.complex128 if jnp.iscomplexobj(z) else jnp.float64)
+    zero = tuple(jnp.zeros((z.shape[0], *zero_shape), jnp.complex128) for _ in range(max_power))
+
+    def body(acc, x):
+        kc, wc, e, u = eigensystem_of(x)
+        part = kernel(e, u, kc, wc, z)
+        return tuple(a + p for a, p in zip(acc, part, strict=True)), None
+
+    acc, _ = jax.lax.scan(body, zero, xs)
+    return tuple(a / n_k for a in acc)
+
+
+def projected_greens_sum(model, sites, q, z, *, kgrid, chunk_size, max_power=1, eigensystem=None):
+    """Q^dagger G0(z)^p Q for p = 1..max_power, each (n_z, r, r), for sites (n_s, dim) and q (n_s M, r).
+
+    From a cached :class:`BZEigensystem` when given, otherwise diagonalising chunk by chunk. Traced, not jitted:
+    call it inside a jitted function (as the bound-state search does).
+    """
+    sites = jnp.asarray(sites, dtype=jnp.float64)
+    r = q.shape[1]
+
+    def kernel(e, u, kc, wc, zz):
+        return _chunk_projected(e, u, kc, wc, zz, sites, q, max_power)
+
+    if eigensystem is not None:
+        return _scan_kernel(kernel, z, tuple(eigensystem), lambda x: x, normalisation(kgrid), (r, r), max_power)
+    kpts, weights = chunked_kpoints(kgrid, chunk_size)
+
+    def eigensystem_of(x):
+        kc, wc = x
+        return (kc, wc, *bdg_eigensystem(model, kc))
+
+    return _scan_kernel(kernel, z, (kpts, weights), eigensystem_of, normalisation(kgrid), (r, r), max_power)
 
 
 def _scan_green(z, displacements, xs, eigensystem_of, n_k: int, m: int, max_power: int):
@@ -77,7 +154,8 @@ def bare_greens_sum(model, displacements, z, *, kgrid, chunk_size, max_power=1):
         kc, wc = x
         return (kc, wc, *bdg_eigensystem(model, kc))
 
-    return _scan_green(z, displacements, (kpts, weights), eigensystem_of, math.prod(kgrid), model.nambu_dim, max_power)
+    norm = normalisation(kgrid)
+    return _scan_green(z, displacements, (kpts, weights), eigensystem_of, norm, model.nambu_dim, max_power)
 
 
 class BZEigensystem(NamedTuple):
@@ -97,14 +175,14 @@ def bz_eigensystem(model: TightBindingModel, kgrid, chunk_size: int) -> BZEigens
     return BZEigensystem(kpts, weights, energies, vectors)
 
 
-def greens_sum_from_eigensystem(eig: BZEigensystem, displacements, z, *, n_k: int, max_power: int = 1):
+def greens_sum_from_eigensystem(eig: BZEigensystem, displacements, z, *, n_k: float, max_power: int = 1):
     """Same as :func:`bare_greens_sum` from a precomputed :class:`BZEigensystem` (no diagonalisation)."""
     return _scan_green(z, displacements, tuple(eig), lambda x: x, n_k, eig.vectors.shape[-1], max_power)
 
 
 def green_chunk_size(model: TightBindingModel, kgrid, n_z: int, n_d: int) -> int:
     """Default k-chunk for a G0 sum over n_z energies and n_d displacements (bounded memory)."""
-    return default_chunk_size(math.prod(kgrid), chunk_elements_per_k(model.nambu_dim, n_z, n_d))
+    return default_chunk_size(n_points(kgrid), chunk_elements_per_k(model.nambu_dim, n_z, n_d))
 
 
 def chunk_elements_per_k(m: int, n_z: int, n_d: int, max_power: int = 1) -> int:

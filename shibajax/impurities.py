@@ -159,13 +159,23 @@ def _new_impurity(site, channels, spin):
     return imp
 
 
-def as_impurity_list(impurities) -> list[Impurity]:
-    """Accept one Impurity or a sequence of them; reject anything else with a clear message."""
-    if isinstance(impurities, Impurity):
+def _is_scatterer(obj) -> bool:
+    """An Impurity, or an object with ``lattice_potential(model)`` (e.g. :class:`shibajax.adatoms.Adatom`)."""
+    return isinstance(obj, Impurity) or callable(getattr(obj, "lattice_potential", None))
+
+
+def as_impurity_list(impurities) -> list:
+    """Accept one Impurity (or Adatom) or a sequence of them; reject anything else with a clear message."""
+    if _is_scatterer(impurities):
         return [impurities]
-    imps = list(impurities)
-    if not imps or not all(isinstance(i, Impurity) for i in imps):
-        raise ImpurityError("impurities must be a shibajax.Impurity or a non-empty list of them")
+    try:
+        imps = list(impurities)
+    except TypeError:
+        imps = []
+    if not imps or not all(_is_scatterer(i) for i in imps):
+        raise ImpurityError(
+            "impurities must be a shibajax.Impurity or shibajax.adatoms.Adatom, or a non-empty list of them"
+        )
     return imps
 
 
@@ -193,6 +203,8 @@ def impurity_potential(impurities, model: TightBindingModel) -> tuple[np.ndarray
         V: (n_imp * M, n_imp * M) complex128, M = 4 n_orb, block i acting on site i.
     """
     imps = as_impurity_list(impurities)
+    if not all(isinstance(i, Impurity) for i in imps):
+        return _cluster_potential(imps, model)
     sites = []
     for imp in imps:
         if len(imp.site) != model.dim:
@@ -204,3 +216,34 @@ def impurity_potential(impurities, model: TightBindingModel) -> tuple[np.ndarray
         sites.append(imp.site)
     blocks = [sum(channel_potential(c, imp.spin, model.n_orb) for c in imp.channels) for imp in imps]
     return np.asarray(sites, dtype=np.int64), jax.scipy.linalg.block_diag(*blocks)
+
+
+def _cluster_potential(scatterers, model: TightBindingModel) -> tuple[np.ndarray, jax.Array]:
+    """Union of the sites of impurities and adatoms, with their potentials added where clusters overlap."""
+    parts = []
+    single_sites = set()
+    for obj in scatterers:
+        if isinstance(obj, Impurity):
+            if len(obj.site) != model.dim:
+                raise ImpurityError(
+                    f"impurity site {obj.site} has {len(obj.site)} coordinates; the lattice is {model.dim}D"
+                )
+            if obj.site in single_sites:
+                raise ImpurityError(
+                    f"two impurities on site {obj.site}: put their couplings into channels of one Impurity"
+                )
+            single_sites.add(obj.site)
+            block = sum(channel_potential(c, obj.spin, model.n_orb) for c in obj.channels)
+            parts.append((np.asarray([obj.site], dtype=np.int64), block))
+        else:
+            parts.append(obj.lattice_potential(model))
+    index: dict[tuple[int, ...], int] = {}
+    for sites, _ in parts:
+        for s in map(tuple, sites.tolist()):
+            index.setdefault(s, len(index))
+    m = model.nambu_dim
+    total = jnp.zeros((len(index) * m, len(index) * m), jnp.complex128)
+    for sites, v in parts:
+        rows = np.concatenate([index[tuple(s)] * m + np.arange(m) for s in sites.tolist()])
+        total = total.at[np.ix_(rows, rows)].add(v)
+    return np.asarray(list(index), dtype=np.int64), total

@@ -55,9 +55,11 @@ What it can and cannot represent. This is an effective model fitted to N(E_F), *
 of Nb: it has one orbital per site, so it gives the scale of the Shiba energies (through pi N0 J), the
 anisotropic spatial extent and the SOC-induced splitting of dimer states, but not the d-orbital character of
 the multiple Shiba pairs (alpha, beta, gamma, delta of Beck et al.), the multi-sheet bulk Fermi surface of Nb,
-or the 3D (bulk) propagation. Mn sits in the hollow site between four Nb atoms; that needs continuum (off-site)
-impurity positions and is out of scope: an :class:`~shibajax.Impurity` sits on a Nb site here. The dimer
-constants below give the separations of the named dimers, which are lattice vectors.
+or the 3D (bulk) propagation. The d-orbital character enters through the adatom instead: Mn sits in the hollow
+site between four Nb atoms (``NB110_HOLLOW`` = (a/2, 0), two Nb at a/2 along x and two at sqrt2 a/2 along y)
+and couples through five d-shaped channels (:func:`mn_adatom`, :mod:`shibajax.adatoms`), whose Shiba states
+carry the nodal patterns of their orbitals. The dimer constants below give the separations of the named dimers,
+which are lattice vectors, so both adatoms of a dimer sit in equivalent hollow sites (:func:`mn_dimer`).
 
 Example:
     >>> import shibajax
@@ -169,3 +171,65 @@ def nb110(
     """
     hop = nb110_hoppings(mu=mu, t_rashba=t_rashba, t1=t1, t2=t2, t3=t3)
     return from_hoppings(hop, n_orb=1, delta=delta, lattice_vectors=NB110_LATTICE_VECTORS, name="nb110")
+
+
+#: The hollow (long-bridge) adsorption site of Mn on Nb(110), Cartesian pm: (a1 + a2) / 2 = (a/2, 0).
+NB110_HOLLOW = (NB110_A / 2.0, 0.0)
+#: Height of Mn above the Nb surface plane (pm): a Mn-Nb bond of about 270 pm to the Nb at a/2.
+MN_HEIGHT = 210.0
+#: Radial extent lambda of the Mn d - Nb overlap (pm), a little over half the nearest Mn-Nb distance.
+MN_EXTENT = 150.0
+#: Exchange J (meV) of the five d channels of the default Mn adatom. Illustrative values chosen so that all five
+#: Shiba pairs lie inside the gap and apart (Beck et al. fitted theirs to the measured spectrum; their table is
+#: not in shared/reference). The channels' pi N0 J are of order one (N0 = 0.7 /eV per spin).
+MN_EXCHANGE = {"dz2": 620.0, "dx2-y2": 540.0, "dxy": 700.0, "dxz": 460.0, "dyz": 400.0}
+#: Potential scattering K (meV) of the default Mn channels (zero: electron and hole maps alike).
+MN_POTENTIAL = {"dz2": 0.0, "dx2-y2": 0.0, "dxy": 0.0, "dxz": 0.0, "dyz": 0.0}
+
+
+def mn_adatom(
+    position=NB110_HOLLOW,
+    *,
+    spin=(0.0, 0.0, 1.0),
+    exchange: dict | None = None,
+    potential: dict | None = None,
+    height: float = MN_HEIGHT,
+    extent: float = MN_EXTENT,
+):
+    """A Mn-like adatom on Nb(110) with five d-shaped channels (meV, pm).
+
+    Args:
+        position: Cartesian (x, y) in pm; default the hollow site ``NB110_HOLLOW``.
+        spin: classical spin direction (default out of plane, +z).
+        exchange: J per channel {shape: meV}; default ``MN_EXCHANGE``. Shapes left out are not coupled.
+        potential: K per channel {shape: meV}; default ``MN_POTENTIAL``.
+        height, extent: pm (see :class:`shibajax.adatoms.Adatom`).
+
+    Returns:
+        :class:`shibajax.adatoms.Adatom`.
+    """
+    from shibajax.adatoms import Adatom, OrbitalChannel
+
+    exchange = dict(MN_EXCHANGE if exchange is None else exchange)
+    potential = dict(MN_POTENTIAL if potential is None else potential)
+    channels = [OrbitalChannel(shape, K=potential.get(shape, 0.0), J=j) for shape, j in exchange.items()]
+    return Adatom(position, height=height, extent=extent, channels=channels, spin=spin)
+
+
+def mn_dimer(name: str, order: str = "AFM", spin=(0.0, 0.0, 1.0), **kwargs) -> list:
+    """Two Mn adatoms in hollow sites separated by a named dimer vector (``NB110_DIMERS_PM``).
+
+    Args:
+        name: "sqrt2a-[1-10]", "sqrt3a/2-[1-11]" or "2a-[001]".
+        order: "FM" (parallel spins) or "AFM" (antiparallel).
+        spin: direction of the first adatom's spin.
+        **kwargs: passed to :func:`mn_adatom`.
+    """
+    if name not in NB110_DIMERS_PM:
+        raise ValueError(f"unknown dimer {name!r}; choose one of {sorted(NB110_DIMERS_PM)}")
+    if order not in ("FM", "AFM"):
+        raise ValueError(f"order must be 'FM' or 'AFM'; got {order!r}")
+    first = np.asarray(NB110_HOLLOW)
+    second = first + np.asarray(NB110_DIMERS_PM[name])
+    spin = np.asarray(spin, dtype=float)
+    return [mn_adatom(first, spin=spin, **kwargs), mn_adatom(second, spin=spin if order == "FM" else -spin, **kwargs)]
