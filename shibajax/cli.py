@@ -88,6 +88,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from shibajax.fitting.commands import run_fit
+
+    result, folder = run_fit(args.data, args.config, args.out)
+    print(result.summary())
+    print(f"report: {folder / 'fit_report.json'}, plot: {folder / 'fit.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``shibajax`` command."""
     parser = argparse.ArgumentParser(
@@ -96,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in JAX (float64).",
     )
     parser.add_argument("--version", action="version", version=f"shibajax {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,info,sweep}")
+    sub = parser.add_subparsers(dest="command", metavar="{convolve,deconvolve,demo,fit,info,sweep}")
 
     demo = sub.add_parser(
         "demo",
@@ -132,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, JAX backend and devices, numerical precision")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_cmd_info)
+
+    from shibajax.measurement import commands as measurement_commands
+
+    measurement_commands.add_parsers(sub)  # convolve, deconvolve
+
+    ft = sub.add_parser(
+        "fit",
+        help="fit impurity couplings K, J (and tip, temperature, background) to a measured spectrum",
+        description="Fit K, J of an adatom on a one-band s-wave host to a measured dI/dV spectrum (any format "
+        "the readers support), from many starts; writes fit_report.json, fit.png and a resumable checkpoint. "
+        "See shibajax/fitting/commands.py and examples/fit_mnpc.toml.",
+    )
+    ft.add_argument("data", metavar="DATA", help="measured spectrum (Nanonis .dat, Createc .VERT, CSV/TXT)")
+    ft.add_argument("--config", required=True, metavar="FIT.toml", help="fit configuration (TOML)")
+    ft.add_argument("--out", default=None, metavar="DIR", help="output folder (default: [fit] out of the config)")
+    ft.set_defaults(func=_cmd_fit)
     return parser
 
 

@@ -33,3 +33,29 @@ class NoGapError(ShibajaxError):
 
 class BroadeningError(ShibajaxError):
     """A non-positive or non-finite broadening eta."""
+
+
+class FitError(ShibajaxError):
+    """A fit that cannot be set up as asked: unknown or inconsistent parameters, bounds, ties or data."""
+
+
+class DataFileError(ShibajaxError):
+    """A measured-data file that cannot be read as asked: malformed, truncated, or lacking the named channel.
+
+    The message names the file, the line (text formats) and the problem, e.g.
+    ``Spec001.dat: line 57: expected 7 columns, found 3``.
+    """
+
+
+class DOSParameterError(ShibajaxError):
+    """A tip or sample density of states with impossible parameters (negative gap or broadening, bad weights)."""
+
+
+class TunnellingError(ShibajaxError):
+    """A tunnelling (dI/dV, I(V), lock-in) calculation that cannot be done as asked: negative temperature or
+    lock-in amplitude, mismatched shapes, or a sample energy grid that is not uniform or does not cover the bias
+    window plus the thermal and lock-in tails."""
+
+
+class DeconvolutionError(ShibajaxError):
+    """A tip calibration or deconvolution that cannot be set up as asked (unknown parameters, bad data)."""

@@ -32,11 +32,12 @@ the model's parameters (t = 1 by default, docs/conventions.md).
 
 Evaluation. Configurations that share the impurity geometry (same separation, or same n and spacing) form a
 group: :func:`run_sweep` loops over groups in Python and, inside a group, over chunks of at most ``chunk``
-configurations. Each chunk is ONE call of a jitted ``jax.vmap`` of :func:`shibajax.bound_state_energies` over
-the flattened parameter sets, with the batch sharded along its only axis over all devices
-(``jax.sharding.NamedSharding(Mesh(jax.devices(), ("batch",)), P("batch"))``; the chunk is padded to a multiple
-of the device count by repeating its last point). The jitted function is cached per group shape, so a chunk
-costs one compilation per group and run.
+configurations. Each chunk is ONE call of a jitted ``jax.shard_map`` of :func:`shibajax.bound_state_energies`
+lifted over the flattened parameter sets, with the batch sharded along its only axis over all devices
+(``Mesh(jax.devices(), ("batch",))``, ``P("batch")``; the chunk is padded to a multiple of the device count by
+repeating its last point). Each device works on its own slice with no communication; inside a device the points
+are vmapped on accelerators and mapped one by one (``jax.lax.map``) on CPU (see :func:`_batched` for why). The
+jitted function is cached per group shape and mesh, so a chunk costs one compilation per group and run.
 
 Results are an :class:`xarray.Dataset` with one dimension per swept parameter (in ``[sweep]`` order) and
 ``state``: ``energy`` (NaN-padded, ascending), ``multiplicity``, ``n_states``, ``gap_edge``, ``has_gap``,
@@ -65,6 +66,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -213,10 +215,38 @@ def _point(params: dict, *, kind: str, shape: tuple, kgrid: tuple, gap: str):
     return bound_state_energies(model, impurities, kgrid=kgrid)
 
 
-@partial(jax.jit, static_argnames=("kind", "shape", "kgrid", "gap"))
-def _evaluate(params: dict, *, kind: str, shape: tuple, kgrid: tuple, gap: str):
-    """One chunk: a vmap of :func:`_point` over the flattened parameter sets (each (batch,))."""
-    return jax.vmap(partial(_point, kind=kind, shape=shape, kgrid=kgrid, gap=gap))(params)
+@functools.lru_cache(maxsize=64)
+def _batched(kind: str, shape: tuple, kgrid: tuple, gap: str, mesh):
+    """The compiled chunk function of one group: ``shard_map`` over ``mesh`` of a map of :func:`_point`.
+
+    Every device evaluates its own slice of the batch with no communication between devices. A plain ``jit`` of
+    the vmap over a sharded batch makes XLA all-reduce the stopping condition of the batched Newton
+    ``while_loop`` across devices at every step (one synchronisation per iteration). Inside a device, points are
+    lifted with ``jax.vmap`` on accelerators and with ``jax.lax.map`` (one point after the other) on CPU: on
+    CPU a vmapped chunk gains nothing (the vmapped loop runs until its slowest point converges) and its large
+    batched LAPACK ``eigh`` calls can deadlock jaxlib 0.10's CPU thread pool when several (simulated) devices
+    run at once (each pool thread waits for batch sub-tasks queued behind it). ``mesh=None``: one device, no
+    sharding. Cached per group and mesh, so a run compiles once per group and chunk size.
+    """
+    point = partial(_point, kind=kind, shape=shape, kgrid=kgrid, gap=gap)
+    devices = jax.devices() if mesh is None else list(mesh.devices.flat)
+    if devices[0].platform == "cpu":
+
+        def local(params):
+            return jax.lax.map(point, params)
+
+    else:
+        local = jax.vmap(point)
+    if mesh is None:
+        return jax.jit(local)
+    spec = jax.sharding.PartitionSpec("batch")
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec,), out_specs=spec, check_vma=False))
+
+
+def _evaluate(params: dict, *, kind: str, shape: tuple, kgrid: tuple, gap: str, mesh=None):
+    """One chunk: every parameter array is (batch,), sharded along ``mesh``'s ``batch`` axis (or None: one
+    device); returns a :class:`shibajax.bound_states.BoundStateBatch` of (batch, ...) arrays."""
+    return _batched(kind, shape, kgrid, gap, mesh)(params)
 
 
 def _shape_key(kind: str, values: dict) -> tuple:
@@ -431,7 +461,7 @@ def run_sweep(config: dict, out_path, *, chunk: int = DEFAULT_CHUNK, progress: b
                 idx = todo[start : start + size]
                 padded = np.concatenate([idx, np.full(size - idx.size, idx[-1])])
                 params = {k: _sharded(v[padded], sharding) for k, v in grid.continuous.items()}
-                batch = _evaluate(params, kind=grid.kind, shape=key, kgrid=kgrid, gap=cfg["model"]["gap"])
+                batch = _evaluate(params, kind=grid.kind, shape=key, kgrid=kgrid, gap=cfg["model"]["gap"], mesh=mesh)
                 r = batch.energies.shape[1]
                 n = idx.size
                 energies = np.full((n, n_state), np.nan)

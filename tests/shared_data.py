@@ -10,3 +10,5 @@ SHARED = next(
     _REPO.parent / "shared",
 )
 REFERENCE = SHARED / "reference"
+REALDATA = SHARED / "realdata"
+"""Real measured STS files (third-party fixtures; ``realdata/MANIFEST.md`` gives source and licence of each)."""

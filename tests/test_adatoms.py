@@ -250,3 +250,40 @@ def test_adatom_errors():
         tip_overlaps(model, [(0.0, 0.0)], width=0.0)
     with pytest.raises(ShapeError, match="Cartesian"):
         tip_overlaps(model, [(0.0, 0.0, 1.0)], width=0.5)
+
+
+def test_plot_map_draws_the_values():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shibajax.plotting import plot_map
+
+    x, y, pts = map_grid((0.0, 0.0), 100.0, 50.0)
+    values = np.hypot(pts[:, 0], pts[:, 1])
+    ax = plot_map(x, y, values, sites=[(0.0, 0.0), (500.0, 0.0)], title="r")
+    drawn = np.asarray(ax.collections[0].get_array()).reshape(len(y), len(x))
+    np.testing.assert_allclose(drawn, values.reshape(len(y), len(x)))
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[0.0, 0.0]])  # the site outside the map is not drawn
+    with pytest.raises(ShapeError, match="grid is 5 x 5"):
+        plot_map(x, y, values[:-1])
+    plt.close("all")
+
+
+def test_plot_measured_vs_model_draws_sorted_data_and_residual():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shibajax.plotting import plot_measured_vs_model
+
+    bias = np.array([2.0, -1.0, 0.0, 1.0])
+    measured, model = np.array([4.0, 1.0, 0.0, 1.5]), np.array([3.0, 1.0, 0.5, 1.0])
+    top, res = plot_measured_vs_model(bias, measured, model)
+    np.testing.assert_allclose(top.lines[0].get_xydata(), [[-1, 1], [0, 0], [1, 1.5], [2, 4]])
+    np.testing.assert_allclose(res.lines[0].get_ydata(), [0.0, -0.5, 0.5, 1.0])
+    with pytest.raises(ShapeError, match="one length"):
+        plot_measured_vs_model(bias, measured[:3], model)
+    plt.close("all")

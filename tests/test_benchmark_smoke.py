@@ -96,3 +96,35 @@ def test_reference_hamiltonian_matches_library_convention():
         theirs = np.asarray(jax.vmap(lambda kk, m=model: bdg_hamiltonian(m, kk))(k))
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-13)
         np.testing.assert_allclose(mine, mine.conj().transpose(0, 2, 1), rtol=0, atol=1e-13)
+
+
+def test_quick_sweep_benchmark_agrees_with_numpy_loop(capsys):
+    """bench_sweep --quick: the sweep and the NumPy loop find the same states (to 1e-10) and a positive ratio."""
+    bench = _load("bench_sweep")
+    result = bench.main(["--quick", "--repeats", "1"])
+    assert result["configurations"] == 40 and result["L"] == 8
+    assert result["n_states"] > 0 and result["n_states"] % 2 == 0  # +-E pairs
+    assert result["max_diff"] <= bench.TOL
+    assert result["time_shibajax"] > 0 and result["time_numpy"] > 0
+    assert result["ratio"] == result["time_numpy"] / result["time_shibajax"]
+    assert "throughput ratio shibajax/NumPy" in capsys.readouterr().out
+
+
+def test_sweep_benchmark_comparison_rejects_a_mismatch():
+    bench = _load("bench_sweep")
+    energies = np.array([[-0.1, 0.1, np.nan]])
+    assert bench.compare(energies, [np.array([-0.1, 0.1])]) == 0.0
+    with pytest.raises(AssertionError, match="states"):
+        bench.compare(energies, [np.array([0.1])])
+    with pytest.raises(AssertionError, match="differ"):
+        bench.compare(energies, [np.array([-0.1, 0.1 + 1e-8])])
+
+
+def test_fit_benchmark_quick_converges_like_scipy():
+    """benchmarks/bench_fit.py --quick: the jitted L-BFGS and scipy's finite-difference least_squares reach the
+    same chi^2 (to 1e-6 relative: both stop on tight gradient criteria) and every timing is positive."""
+    out = _load("bench_fit").main(["--quick"])
+    assert out["time_shibajax_s"] > 0 and out["time_scipy_s"] > 0 and out["ratio_scipy_over_shibajax"] > 0
+    assert out["loss_shibajax"] == pytest.approx(out["loss_scipy"], rel=1e-6)
+    # chi^2/2 of 200 points with Gaussian noise of the stated sigma: about 100, well inside 4 sigma (+-40)
+    assert abs(2 * out["loss_shibajax"] - (out["n_points"] - out["n_free"])) < 4 * np.sqrt(2 * out["n_points"])

@@ -1,0 +1,204 @@
+"""Compiled optimisers, many starts at once, and Laplace uncertainties.
+
+* :func:`minimize_adam` (optax.adam, ``lax.scan``) and :func:`minimize_lbfgs` (optax.lbfgs with its zoom
+  line search, ``lax.while_loop``): one start, jittable, no host syncs inside the loop.
+* :func:`multistart`: a batch of starts (n, n_free) vmapped in one compiled call per block, the block sharded
+  over a 1-D mesh of ``jax.devices()`` (``NamedSharding``), a tqdm bar over blocks and an ``.npz`` checkpoint
+  after each block, so an interrupted run resumes where it stopped.
+* :func:`laplace`: covariance = H^-1 of the loss 1/2 chi^2 in the natural (untransformed) free parameters
+  at the optimum; standard errors and correlations. With unknown sigma the covariance is rescaled by the
+  reduced chi^2 = 2 loss / (n_points - n_free).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optax.tree_utils as otu
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from shibajax.errors import FitError
+
+METHODS = ("lbfgs", "adam")
+
+
+def minimize_adam(loss: Callable, u0: jax.Array, *, steps: int = 500, learning_rate: float = 0.05):
+    """Adam for ``steps`` steps; returns (u_best, loss_best, steps) of the best iterate seen."""
+    opt = optax.adam(learning_rate)
+    vg = jax.value_and_grad(loss)
+
+    def body(carry, _):
+        u, state, best_u, best_f = carry
+        f, g = vg(u)
+        better = f < best_f
+        best_u = jnp.where(better, u, best_u)
+        best_f = jnp.where(better, f, best_f)
+        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        updates, state = opt.update(g, state, u)
+        return (optax.apply_updates(u, updates), state, best_u, best_f), None
+
+    init = (u0, opt.init(u0), u0, jnp.asarray(jnp.inf))
+    (u, _, best_u, best_f), _ = jax.lax.scan(body, init, None, length=steps)
+    f_last = loss(u)
+    better = f_last < best_f
+    return jnp.where(better, u, best_u), jnp.where(better, f_last, best_f), jnp.asarray(steps)
+
+
+def minimize_lbfgs(loss: Callable, u0: jax.Array, *, max_iter: int = 200, tol: float = 1e-10):
+    """L-BFGS (optax.lbfgs, zoom line search) until |grad| < tol or max_iter; returns (u, loss, iterations)."""
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def step(carry):
+        u, state = carry
+        f, g = value_and_grad(u, state=state)
+        updates, state = opt.update(g, state, u, value=f, grad=g, value_fn=loss)
+        return optax.apply_updates(u, updates), state
+
+    def cond(carry):
+        _, state = carry
+        k = otu.tree_get(state, "count")
+        g = otu.tree_get(state, "grad")
+        f = otu.tree_get(state, "value")
+        err = otu.tree_norm(g)
+        return (k == 0) | ((k < max_iter) & (err >= tol) & jnp.isfinite(f))
+
+    u, state = jax.lax.while_loop(cond, step, (u0, opt.init(u0)))
+    return u, loss(u), otu.tree_get(state, "count")
+
+
+def _runner(loss, method, options):
+    if method == "lbfgs":
+        return lambda u0: minimize_lbfgs(loss, u0, **options)
+    if method == "adam":
+        return lambda u0: minimize_adam(loss, u0, **options)
+    raise FitError(f"method = {method!r}; use one of {METHODS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiStart:
+    """Results of all starts: u (n, n_free) final points, loss (n,), iterations (n,), seconds."""
+
+    u: np.ndarray
+    loss: np.ndarray
+    iterations: np.ndarray
+    seconds: float
+
+    @property
+    def best(self) -> int:
+        return int(np.nanargmin(np.where(np.isfinite(self.loss), self.loss, np.nan)))
+
+
+def _mesh_sharding():
+    devices = np.array(jax.devices())
+    return NamedSharding(Mesh(devices, ("starts",)), PartitionSpec("starts")), devices.size
+
+
+def multistart(
+    loss: Callable,
+    starts,
+    *,
+    method: str = "lbfgs",
+    block: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+    **options,
+) -> MultiStart:
+    """Minimise ``loss`` from every row of ``starts`` (n, n_free): vmapped, sharded over devices, in blocks.
+
+    Args:
+        loss: u (n_free,) -> scalar, jax-traceable.
+        starts: (n, n_free) unconstrained start points.
+        method: "lbfgs" (options max_iter, tol) or "adam" (options steps, learning_rate).
+        block: starts per compiled call (default all); each block is padded to a multiple of the device count.
+        checkpoint: ``.npz`` path written after each block (finished starts and their results); if it exists
+            and holds the same starts, finished blocks are skipped (resume).
+        progress: show a tqdm bar over blocks.
+
+    Returns:
+        :class:`MultiStart`.
+    """
+    starts = np.asarray(starts, float)
+    if starts.ndim != 2 or starts.shape[0] < 1:
+        raise FitError(f"starts must have shape (n_starts, n_free); got {starts.shape}")
+    n, d = starts.shape
+    block = n if block is None else int(block)
+    if block < 1:
+        raise FitError(f"block = {block} must be >= 1")
+    run = jax.jit(jax.vmap(_runner(loss, method, options)))
+    sharding, n_dev = _mesh_sharding()
+    u_out = np.full((n, d), np.nan)
+    f_out = np.full(n, np.nan)
+    it_out = np.zeros(n, int)
+    done = np.zeros(n, bool)
+    tag = hashlib.sha256(starts.tobytes() + method.encode()).hexdigest()
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.exists():
+        saved = np.load(path)
+        if str(saved["tag"]) == tag:
+            u_out, f_out, it_out, done = saved["u"], saved["loss"], saved["iterations"], saved["done"]
+    blocks = [range(i, min(i + block, n)) for i in range(0, n, block)]
+    todo = [b for b in blocks if not done[b.start : b.stop].all()]
+    t0 = time.perf_counter()
+    bar = _progress(len(blocks), len(blocks) - len(todo), progress)
+    for b in todo:
+        chunk = starts[b.start : b.stop]
+        pad = (-chunk.shape[0]) % n_dev
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)]) if pad else chunk
+        u, f, it = run(jax.device_put(jnp.asarray(padded), sharding))
+        k = chunk.shape[0]
+        u_out[b.start : b.stop] = np.asarray(u)[:k]
+        f_out[b.start : b.stop] = np.asarray(f)[:k]
+        it_out[b.start : b.stop] = np.asarray(it)[:k]
+        done[b.start : b.stop] = True
+        if path is not None:
+            _save_checkpoint(path, tag=tag, u=u_out, loss=f_out, iterations=it_out, done=done)
+        if bar is not None:
+            best = np.nanmin(f_out) if np.isfinite(f_out).any() else np.nan
+            bar.set_postfix(best_loss=f"{best:.6g}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return MultiStart(u_out, f_out, it_out, time.perf_counter() - t0)
+
+
+def _save_checkpoint(path: Path, **arrays):
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: an interrupted write never leaves a broken checkpoint
+
+
+def _progress(total, initial, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="fit starts (blocks)", unit="block", leave=False)
+
+
+def laplace(loss_natural: Callable, x: jax.Array, *, rescale: float = 1.0):
+    """Covariance from the Hessian of loss_natural (= chi^2 / 2) at x (n_free,).
+
+    Returns:
+        (covariance (n, n), standard errors (n,), correlation (n, n)); a singular Hessian gives inf errors.
+    """
+    h = np.asarray(jax.jit(jax.hessian(loss_natural))(jnp.asarray(x)))
+    h = 0.5 * (h + h.T)
+    try:
+        cov = np.linalg.inv(h) * rescale
+    except np.linalg.LinAlgError:
+        cov = np.full_like(h, np.inf)
+    var = np.diag(cov)
+    err = np.sqrt(np.where(var > 0, var, np.inf))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = cov / np.outer(err, err)
+    return cov, err, corr
