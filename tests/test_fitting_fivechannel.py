@@ -28,7 +28,7 @@ import pytest
 
 import shibajax
 from shibajax.fitting import GOOD_MINIMUM, Dataset, Problem, SpectrumModel, coupling_basis, green_blocks, laplace
-from shibajax.fitting.optimise import minimize_levenberg_marquardt
+from shibajax.fitting.optimise import batched_over_starts, minimize_levenberg_marquardt
 
 DELTA = 1.35  # meV, Pb
 T_HOP = np.array([6.0, 8.0, 10.0, 12.0, 14.0])  # meV, as tests/test_fitting_energies.py
@@ -110,7 +110,7 @@ def fitted(problem):
     is_j = np.array([n.startswith("J_") for n in names])
     u = rng.uniform(-1.0, 1.0, size=(N_STARTS, len(names)))
     starts = np.where(is_j, x_true * (1 + 0.2 * u), x_true + 0.2 * j_scale * u)
-    run = jax.jit(jax.vmap(lambda x0: _staged_fit(prob, x0)))
+    run = jax.jit(batched_over_starts(lambda x0: _staged_fit(prob, x0)))
     t0 = time.perf_counter()
     x, f, steps = jax.block_until_ready(run(jnp.asarray(starts)))
     seconds = time.perf_counter() - t0

@@ -174,7 +174,7 @@ def multistart(
     block = n if block is None else int(block)
     if block < 1:
         raise FitError(f"block = {block} must be >= 1")
-    run = jax.jit(jax.vmap(_runner(loss, method, options)))
+    run = jax.jit(batched_over_starts(_runner(loss, method, options)))
     sharding, n_dev = _mesh_sharding()
     u_out = np.full((n, d), np.nan)
     f_out = np.full(n, np.nan)
@@ -209,6 +209,18 @@ def multistart(
     if bar is not None:
         bar.close()
     return MultiStart(u_out, f_out, it_out, time.perf_counter() - t0)
+
+
+def batched_over_starts(fn):
+    """Lift ``fn`` (one start -> results) to a batch of starts: ``vmap`` on GPU/TPU, ``lax.map`` on CPU.
+
+    On CPU, jaxlib 0.10's batched LAPACK kernels (eigh, solve inside a vmapped while_loop) can deadlock their own
+    intra-op thread pool (seen in sweeps and fits on 2 cores, see shibajax/sweep.py); a sequential map over the
+    starts has no batched kernels and is not slower on CPU, where a vmapped loop waits for its slowest start.
+    """
+    if jax.default_backend() == "cpu":
+        return lambda xs: jax.lax.map(fn, xs)
+    return jax.vmap(fn)
 
 
 def _save_checkpoint(path: Path, **arrays):
