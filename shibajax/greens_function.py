@@ -41,16 +41,7 @@ def _chunk_green(energies_k, vectors_k, k, weights, z, displacements, max_power)
     n_z, n_d = z.shape[0], displacements.shape[0]
     phase = jnp.exp(1j * (k @ displacements.T)) * weights[:, None]  # (c, n_d)
     projector = jnp.einsum("kd,kan,kbn->kndab", phase, vectors_k, vectors_k.conj()).reshape(c * m, n_d * m * m)
-    resolvent = 1.0 / (z[:, None, None] - energies_k[None])  # (n_z, c, M)
-    powers = [resolvent]
-    for _ in range(1, max_power):
-        powers.append(powers[-1] * resolvent)
-    stacked = jnp.concatenate(powers).reshape(max_power * n_z, c * m)
-    if jnp.iscomplexobj(stacked):
-        out = stacked @ projector
-    else:  # real energies (inside the gap): real resolvents, so two real products instead of one complex one
-        both = stacked @ jnp.concatenate([projector.real, projector.imag], axis=1)
-        out = jax.lax.complex(both[:, : n_d * m * m], both[:, n_d * m * m :])
+    out = _resolvent_product(energies_k, z, projector, max_power)
     out = out.reshape(max_power, n_z, n_d, m, m)
     return tuple(out[p] for p in range(max_power))
 
@@ -128,17 +119,12 @@ def projected_greens_sum(model, sites, q, z, *, kgrid, chunk_size, max_power=1, 
 
 def _scan_green(z, displacements, xs, eigensystem_of, n_k: int, m: int, max_power: int):
     """lax.scan of :func:`_chunk_green` over chunks ``xs``; ``eigensystem_of(x)`` gives (k, w, E, U) of a chunk."""
-    z = jnp.asarray(z, dtype=jnp.complex128 if jnp.iscomplexobj(z) else jnp.float64)
     disp = jnp.asarray(displacements, dtype=jnp.float64)
-    zero = tuple(jnp.zeros((z.shape[0], disp.shape[0], m, m), jnp.complex128) for _ in range(max_power))
 
-    def body(acc, x):
-        kc, wc, e, u = eigensystem_of(x)
-        part = _chunk_green(e, u, kc, wc, z, disp, max_power)
-        return tuple(a + p for a, p in zip(acc, part, strict=True)), None
+    def kernel(e, u, kc, wc, zz):
+        return _chunk_green(e, u, kc, wc, zz, disp, max_power)
 
-    acc, _ = jax.lax.scan(body, zero, xs)
-    return tuple(a / n_k for a in acc)
+    return _scan_kernel(kernel, z, xs, eigensystem_of, n_k, (disp.shape[0], m, m), max_power)
 
 
 @partial(jax.jit, static_argnames=("kgrid", "chunk_size", "max_power"))
