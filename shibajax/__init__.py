@@ -14,7 +14,13 @@ from shibajax import (
     models,
 )
 from shibajax.bands import band_structure, filling, high_symmetry_path, normal_state_dos
-from shibajax.bound_states import BoundStateBatch, BoundStates, bound_state_energies, bound_states
+from shibajax.bound_states import (
+    BoundStateBatch,
+    BoundStates,
+    bound_state_energies,
+    bound_states,
+    energies_of_potential,
+)
 from shibajax.brillouin_zone import gap_edge, monkhorst_pack
 from shibajax.greens_function import greens_function
 from shibajax.impurities import Channel, Impurity, impurity_potential
@@ -32,6 +38,7 @@ __all__ = [
     "band_structure",
     "bound_state_energies",
     "bound_states",
+    "energies_of_potential",
     "filling",
     "gap_edge",
     "greens_function",

@@ -31,6 +31,7 @@ import numpy as np
 
 from shibajax import _precision  # noqa: F401
 from shibajax.brillouin_zone import (
+    KMesh,
     _gap_edge,
     default_chunk_size,
     describe_kgrid,
@@ -38,7 +39,7 @@ from shibajax.brillouin_zone import (
     normalisation,
     validate_kgrid,
 )
-from shibajax.errors import NoGapError
+from shibajax.errors import NoGapError, ShapeError
 from shibajax.greens_function import (
     bare_greens_sum,
     bz_eigensystem,
@@ -266,16 +267,27 @@ def _solve(
     return BoundStateBatch(energies, multiplicity, jnp.sum(found), gap, has_gap, jnp.all(done | ~crossing))
 
 
-def _setup(model, impurities, kgrid, chunk_size):
+class _Geometry(NamedTuple):
+    """Static set-up of a search: validated k-grid, impurity sites, their displacements and the chunking."""
+
+    kgrid: tuple[int, ...] | KMesh
+    sites: np.ndarray  # (n_imp, dim) int
+    disp: np.ndarray  # (n_d, dim) distinct displacements r_i - r_j
+    idx_imp: np.ndarray  # (n_imp, n_imp) index into disp
+    chunk_size: int
+    cache: bool  # keep the grid's eigensystem for the Newton steps
+
+
+def _geometry(model, sites, n_channels, kgrid, chunk_size) -> _Geometry:
+    """Set-up shared by every search: sites (n_imp, dim) and a potential of size n_channels (static ints)."""
     kgrid = validate_kgrid(kgrid, model.dim)
-    sites, potential = impurity_potential(impurities, model)
     disp, (idx_imp,) = unique_displacements(sites[:, None, :] - sites[None, :, :])
     m = model.nambu_dim
     if chunk_size is None:
-        n_z = potential.shape[0] // 2 + 2
+        n_z = n_channels // 2 + 2
         chunk_size = default_chunk_size(n_points(kgrid), chunk_elements_per_k(m, n_z, disp.shape[0], 2))
     cache = n_points(kgrid) * m * m <= EIGENSYSTEM_CACHE_ELEMENTS
-    return kgrid, sites, potential, disp, idx_imp, int(chunk_size), cache
+    return _Geometry(kgrid, sites, disp, idx_imp, int(chunk_size), cache)
 
 
 def potential_rank(potential) -> int | None:
@@ -291,7 +303,10 @@ def potential_rank(potential) -> int | None:
     return rank if rank < lam.size else None
 
 
-def _check_gap_input(model: TightBindingModel):
+def check_pairing(model: TightBindingModel) -> None:
+    """Raise :class:`~shibajax.errors.NoGapError` when a concrete model has no pairing (Delta = 0): there are no
+    in-gap states to search for. A traced pairing (under jit / vmap) is not checked; a gapless batch entry then
+    reports ``has_gap = False``."""
     pairing = model.pairing
     if not isinstance(pairing, jax.core.Tracer) and not np.any(np.abs(np.asarray(pairing)) > 0):
         raise NoGapError(
@@ -326,26 +341,93 @@ def bound_state_energies(
 
 
 def _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=False):
-    """Check the input, set up and run the jitted search; returns (batch, (kgrid, sites, V, disp, idx, chunk)).
+    """Check the input, set up and run the search; returns (batch, (geometry, V)).
 
-    With ``compact`` (host-side calls only) the crossings are counted first and the Newton stage refines only
-    those, instead of one slot per channel direction: much cheaper for large clusters with few states.
+    Concrete potentials are searched in their coupled subspace (:func:`potential_rank`); with ``compact``
+    (host-side calls only) the crossings are counted first and the Newton stage refines only those.
     """
-    _check_gap_input(model)
-    kgrid, sites, potential, disp, idx_imp, chunk_size, cache = _setup(model, impurities, kgrid, chunk_size)
-    rank = potential_rank(potential)
-    site_array = jnp.asarray(sites, jnp.float64)
+    check_pairing(model)
+    sites, potential = impurity_potential(impurities, model)
+    geometry = _geometry(model, sites, potential.shape[0], kgrid, chunk_size)
+    batch = _search(
+        model, potential, geometry, edge_margin, tol, degeneracy_tol, rank=potential_rank(potential), compact=compact
+    )
+    return batch, (geometry, potential)
+
+
+def _search(model, potential, geometry, edge_margin, tol, degeneracy_tol, *, rank=None, compact=False):
+    """Run the jitted search for the potential (R, R) on ``geometry``; ``rank``: search only the rank strongest
+    channel directions (None: all R, fixed shapes). With ``compact`` (concrete potentials only) the crossings
+    are counted first and the Newton stage refines only those, instead of one slot per channel direction: much
+    cheaper for large clusters with few states."""
+    g = geometry
+    site_array = jnp.asarray(g.sites, jnp.float64)
     slots = None
     if compact and not isinstance(potential, jax.core.Tracer):
         slots = max(1, int(_count_crossings(
-            model, potential, site_array, disp, idx_imp, edge_margin,
-            kgrid=kgrid, chunk_size=chunk_size, cache=cache, rank=rank,
+            model, potential, site_array, g.disp, g.idx_imp, edge_margin,
+            kgrid=g.kgrid, chunk_size=g.chunk_size, cache=g.cache, rank=rank,
         )))  # fmt: skip
-    batch = _solve(
-        model, potential, site_array, disp, idx_imp, edge_margin, tol, degeneracy_tol,
-        kgrid=kgrid, chunk_size=chunk_size, cache=cache, rank=rank, slots=slots,
+    return _solve(
+        model, potential, site_array, g.disp, g.idx_imp, edge_margin, tol, degeneracy_tol,
+        kgrid=g.kgrid, chunk_size=g.chunk_size, cache=g.cache, rank=rank, slots=slots,
     )  # fmt: skip
-    return batch, (kgrid, sites, potential, disp, idx_imp, chunk_size)
+
+
+def energies_of_potential(
+    model: TightBindingModel,
+    potential,
+    sites,
+    *,
+    kgrid,
+    edge_margin: float = EDGE_MARGIN,
+    tol: float = ROOT_TOL,
+    degeneracy_tol: float = DEGENERACY_TOL,
+    chunk_size: int | None = None,
+) -> BoundStateBatch:
+    """Shiba energies of an explicit impurity potential, as a fixed-shape, jit- and vmap-safe batch.
+
+    The same search as :func:`bound_state_energies`, for a Nambu potential matrix given directly (e.g. one
+    built from fitted couplings, ``V(theta) = sum_c theta_c B_c``) instead of a list of impurities. Every one
+    of the R channel directions is searched, so the result has the same shapes whether ``potential`` is
+    concrete or traced (under ``jax.jit`` / ``jax.vmap`` over potentials); ``sites`` and ``kgrid`` are static.
+    (:func:`bound_state_energies` searches a concrete potential in its coupled subspace only: cheaper for large
+    low-rank clusters, with shapes that follow the rank.)
+
+    Args:
+        model: BdG model with a gap.
+        potential: (R, R) Hermitian Nambu potential V (energy units), R = n_sites * M, M = model.nambu_dim;
+            block (i, j) acts between sites i and j, in the basis of docs/conventions.md (as returned by
+            :func:`~shibajax.impurities.impurity_potential`).
+        sites: (n_sites, dim) integer lattice coordinates of the impurity sites.
+        kgrid: grid per dimension, or a :class:`~shibajax.brillouin_zone.KMesh`.
+        edge_margin, tol, degeneracy_tol, chunk_size: as in :func:`bound_states`.
+
+    Returns:
+        :class:`BoundStateBatch`: energies (R,) ascending (energy units), NaN-padded; multiplicity (R,).
+
+    Raises:
+        NoGapError: Delta = 0 (a concrete model without pairing).
+        ShapeError: sites not integer (n_sites, dim), or potential not (n_sites * M, n_sites * M).
+
+    Example:
+        >>> import shibajax
+        >>> m = shibajax.models.square(mu=-1.0, delta=0.3)
+        >>> sites, v = shibajax.impurity_potential(shibajax.Impurity((0, 0), J=2.0), m)
+        >>> batch = shibajax.energies_of_potential(m, v, sites, kgrid=(12, 12))
+        >>> batch.energies.shape, int(batch.n_states)
+        ((4,), 2)
+    """
+    check_pairing(model)
+    sites = validate_displacements(sites, model.dim, "sites")
+    size = sites.shape[0] * model.nambu_dim
+    if jnp.shape(potential) != (size, size):
+        raise ShapeError(
+            f"potential must be ({size}, {size}) for {sites.shape[0]} sites of {model.nambu_dim} Nambu components; "
+            f"got {jnp.shape(potential)}"
+        )
+    geometry = _geometry(model, sites, size, kgrid, chunk_size)
+    return _search(model, jnp.asarray(potential, jnp.complex128), geometry, edge_margin, tol, degeneracy_tol)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -465,8 +547,10 @@ def bound_states(
         >>> bs.multiplicities.tolist()
         [1, 1]
     """
-    batch, setup = _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=True)
-    kgrid, sites, potential, disp, idx_imp, chunk_size = setup
+    batch, (geometry, potential) = _checked_solve(
+        model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=True
+    )
+    kgrid, sites, disp, idx_imp, chunk_size, _ = geometry
     gap = float(batch.gap_edge)
     if not bool(batch.has_gap):
         raise NoGapError(

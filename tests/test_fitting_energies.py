@@ -7,18 +7,27 @@ Delta = 1.35 meV, energies in meV, on a small 24 x 24 grid (results are exact fo
 is about the fit, not about k-convergence). With K = 0 and decoupled orbitals each channel binds one pair whose
 energy depends on its own J only, so the fit is: wide-band start per channel, then Gauss-Newton on the
 implicitly differentiated energies.
+
+Also here: ShibaEnergies on a KMesh (a uniform mesh equals the tuple grid; ``couplings_at`` on a Fermi-shell mesh is
+confirmed by ``bound_states`` on that mesh), and derivatives of degenerate levels (degenerate perturbation theory:
+jvp, jacfwd, grad and ``directional_derivative``) against one-sided and central differences, on an antiparallel
+dimer whose levels are exactly doubly degenerate.
 """
 
 from __future__ import annotations
 
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import shibajax
+from shibajax.brillouin_zone import KMesh, monkhorst_pack
 from shibajax.errors import FitError
-from shibajax.fitting import EnergyProblem, ShibaEnergies, coupling_basis
+from shibajax.fermi_shell import fermi_shell_mesh
+from shibajax.fitting import Couplings, EnergyProblem, ShibaEnergies, coupling_basis
 
 DELTA = 1.35  # meV, Pb
 CR_PB111 = np.array([1.1, 0.9, 0.62, 0.45, 0.125])  # meV, the five YSR energies of Cr on Pb(111)
@@ -107,3 +116,131 @@ def test_bad_coupling_name_and_unreachable_targets_raise(fitted):
         fn.couplings_at(np.zeros(2 * N_ORB), "J_9", 0.5)
     with pytest.raises(FitError, match="did not reach"):
         prob.gauss_newton({n: values[n] * 1.5 for n in prob.space.free}, max_iter=0)
+
+
+# --- ShibaEnergies on a KMesh -----------------------------------------------------------------------------------
+
+SQUARE = shibajax.models.square(t=1.0, mu=-1.0, delta=0.3)
+
+
+def test_shiba_energies_on_a_uniform_kmesh_equal_the_tuple_grid():
+    """A KMesh of the 12 x 12 grid's points with weights 1/144 is the same Brillouin-zone sum as the tuple grid."""
+    couplings = coupling_basis(SQUARE, [(0, 0)])
+    mesh = KMesh(np.asarray(monkhorst_pack((12, 12))), np.full(144, 1 / 144), "the 12 x 12 grid")
+    on_grid = ShibaEnergies(SQUARE, couplings, kgrid=(12, 12))
+    on_mesh = ShibaEnergies(SQUARE, couplings, kgrid=mesh)
+    theta = jnp.array([0.5, 1.0])
+    e = np.asarray(on_grid(theta))
+    assert np.sum(np.isfinite(e)) == 2
+    # the same sum with other rounding (weights 1/N inside the sum instead of a division by N): ~1e-16 seen
+    np.testing.assert_allclose(np.asarray(on_mesh(theta)), e, rtol=0, atol=1e-12)  # NaN padding compares equal
+    jac = np.asarray(jax.jacfwd(on_grid)(theta))
+    np.testing.assert_allclose(np.asarray(jax.jacfwd(on_mesh)(theta)), jac, rtol=0, atol=1e-12)
+
+
+def test_couplings_at_on_a_fermi_shell_mesh_is_confirmed_by_bound_states():
+    """couplings_at on a Fermi-shell KMesh returns a J that binds a state at the requested energy on that mesh."""
+    shell = fermi_shell_mesh(SQUARE, base=16, resolution=0.5)
+    fn = ShibaEnergies(SQUARE, coupling_basis(SQUARE, [(0, 0)]), kgrid=shell)
+    gap = fn.gap_edge(jnp.zeros(2))
+    target = 0.4 * gap
+    x = fn.couplings_at(jnp.zeros(2), "J_0", target)
+    j = float(np.min(x[x > 0]))  # K = 0: the smallest positive J is the weak-coupling branch
+    bs = shibajax.bound_states(SQUARE, shibajax.Impurity((0, 0), J=j), kgrid=shell)
+    # one exact inversion against an independent root search (tolerance 1e-12 of the gap): ~1e-15 seen
+    assert np.min(np.abs(bs.energies - target)) < 1e-8 * bs.gap_edge
+
+
+# --- derivatives of degenerate levels ---------------------------------------------------------------------------
+
+DIMER_SITES = [(0, 0), (1, 0)]
+DIMER_SPINS = [(0.0, 0.0, 1.0), (0.0, 0.0, -1.0)]
+DIMER_THETA = jnp.array([0.5, 2.0, 0.0])  # K_0, J_0 on both sites; J_a = 0
+
+
+def _antiparallel_dimer_couplings():
+    """K_0, J_0 on both sites of a dimer with spins +z and -z, and J_a: J on site (0, 0) only.
+
+    Without spin-orbit coupling the (c_up, c_down^dagger) and (c_down, c_up^dagger) sectors are decoupled, and the
+    site swap with a spin flip exchanges them: every level has one state in each sector, exactly degenerate.
+    K_0 and J_0 keep that symmetry; J_a breaks it and splits the levels.
+    """
+    both = coupling_basis(SQUARE, DIMER_SITES, spins=DIMER_SPINS)
+    one = [shibajax.Impurity(s, J=j, spin=sp) for s, j, sp in zip(DIMER_SITES, (1.0, 0.0), DIMER_SPINS, strict=True)]
+    _, on_first = shibajax.impurity_potential(one, SQUARE)
+    basis = jnp.concatenate([both.basis, on_first[None]])
+    return Couplings((*both.names, "J_a"), basis, both.sites, (*both.orbitals, (0,)))
+
+
+@pytest.fixture(scope="module")
+def dimer():
+    fn = ShibaEnergies(SQUARE, _antiparallel_dimer_couplings(), kgrid=(12, 12))
+    e = np.asarray(fn(DIMER_THETA))
+    # the jvp under jit and vmap (jacfwd pushes all basis directions through it at once): column c = dE/dtheta_c
+    jac = np.asarray(jax.jit(jax.jacfwd(fn))(DIMER_THETA))
+    return fn, e, jac
+
+
+def test_the_antiparallel_dimer_levels_are_doubly_degenerate(dimer):
+    _, e, _ = dimer
+    imps = [shibajax.Impurity(s, K=0.5, J=2.0, spin=sp) for s, sp in zip(DIMER_SITES, DIMER_SPINS, strict=True)]
+    bs = shibajax.bound_states(SQUARE, imps, kgrid=(12, 12))
+    assert bs.multiplicities.tolist() == [2, 2]
+    np.testing.assert_allclose(e[:4], bs.all_energies, rtol=0, atol=1e-12)
+    assert np.all(np.isnan(e[4:]))
+
+
+def test_split_level_derivatives_match_one_sided_differences(dimer):
+    """Along J_a the levels split: the jvp gives the one-sided derivatives of both sorted energies of each level."""
+    fn, e, jac = dimer
+    d = jnp.array([0.0, 0.0, 1.0])
+    _, de = jax.jvp(fn, (DIMER_THETA,), (d,))
+    de = np.asarray(de)
+    np.testing.assert_allclose(jac[:, 2], de, rtol=0, atol=1e-14)
+    de = de[:4]
+    h = 1e-5
+    fd = (np.asarray(fn(DIMER_THETA + h * d)) - e)[:4] / h
+    # one-sided differences err by h |E''| / 2 (|E''| ~ 0.1 here: ~5e-7 seen, 10x less at h = 1e-6) plus root
+    # noise <= 2 * 1e-12 * E_g / h = 6e-8. (The sorted energies have a kink here: central differences are wrong.)
+    np.testing.assert_allclose(de, fd, rtol=0, atol=2e-6)
+    # the two states of each level move differently (0.18 apart), so one derivative per level (the old rule)
+    # cannot be right for both ...
+    assert np.min(np.abs(fd[1::2] - fd[0::2])) > 0.1
+    # ... and neither is one null vector per root: each root's smallest singular vector (degeneracy 0)
+    u, g1, g2 = (np.asarray(a)[:4] for a in fn.null_vectors(DIMER_THETA, jnp.asarray(e)))
+    phi = np.einsum("nrs,ns->nr", g1, u)
+    dv = np.asarray(fn.couplings.potential(d))
+    single = np.einsum("nr,rs,ns->n", phi.conj(), dv, phi).real / np.einsum("nr,nrs,ns->n", u.conj(), g2, u).real
+    assert np.max(np.abs(single - fd)) > 1e-2
+
+
+@pytest.mark.parametrize("direction", [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.3, -1.0, 0.0)])
+def test_symmetric_derivatives_keep_the_level_degenerate(dimer, direction):
+    """Along K_0, J_0 (both sites) the levels stay degenerate: equal derivatives, equal to central differences."""
+    fn, _, jac = dimer
+    d = np.asarray(direction)
+    de = jac[:4] @ d
+    # each level's 2 x 2 pencil is then a multiple of its metric: equal eigenvalues up to rounding
+    np.testing.assert_allclose(de[1::2], de[0::2], rtol=0, atol=1e-12)
+    h = 1e-4
+    cd = (np.asarray(fn(DIMER_THETA + h * d)) - np.asarray(fn(DIMER_THETA - h * d)))[:4] / (2 * h)
+    # central differences: h^2 |E'''| / 6 (~1e-9 seen) plus root noise <= 1e-12 * E_g / h = 3e-9
+    np.testing.assert_allclose(de, cd, rtol=0, atol=1e-7)
+
+
+def test_directional_derivative_along_any_direction_and_reverse_mode(dimer):
+    """Along -J_a (or J_0 - J_a) the split comes out reversed: the derivative is not linear in the direction.
+    directional_derivative gives it (the level's pencil along the direction itself); the jvp, linear so that
+    reverse mode works, is sum_c d_c (one-sided partial along +theta_c), and jax.grad is its transpose."""
+    fn, e, jac = dimer
+    h = 1e-5
+    for direction in [(0.0, 0.0, -1.0), (0.0, 1.0, -1.0)]:
+        d = jnp.asarray(direction)
+        slope = np.asarray(fn.directional_derivative(DIMER_THETA, d))
+        fd = (np.asarray(fn(DIMER_THETA + h * d)) - e)[:4] / h
+        np.testing.assert_allclose(slope[:4], fd, rtol=0, atol=2e-6)  # as in the one-sided test above
+        assert np.all(slope[4:] == 0.0)
+        np.testing.assert_allclose(jac[:4] @ np.asarray(d), fd[[1, 0, 3, 2]], rtol=0, atol=2e-6)  # the branches
+    weights = jnp.arange(1.0, 5.0)
+    grad = jax.grad(lambda t: jnp.sum(fn(t)[:4] * weights))(DIMER_THETA)
+    np.testing.assert_allclose(np.asarray(grad), jac[:4].T @ np.asarray(weights), rtol=0, atol=1e-14)

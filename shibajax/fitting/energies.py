@@ -1,36 +1,43 @@
 """Differentiable Shiba energies (implicit differentiation) and fits of couplings to tables of peak energies.
 
-The energies are the zeros of det[1 - V(theta) G0(E)] found by ``shibajax.bound_states`` (eigenvalue
-crossings of the Hermitian A(E) = Lambda^-1 - Q^dagger G0 Q). Their derivatives are not taken through the
-root search: at a simple root, with u the null vector of 1 - V G0(E) (u = V G0 u) and phi = G0 u, the
+The energies are the zeros of det[1 - V(theta) G0(E)] found by :func:`shibajax.energies_of_potential`
+(eigenvalue crossings of the Hermitian A(E) = Lambda^-1 - Q^dagger G0 Q). Their derivatives are not taken
+through the root search: at a root, with u a null vector of 1 - V G0(E) (u = V G0 u) and phi = G0 u, the
 Hermitian pencil H(E, theta) = V - V G0(E) V has phi as a null vector, and Hellmann-Feynman on its crossing
 eigenvalue gives (G0' = -G0^2)
 
     d mu / d theta = -phi^dagger (dV/dtheta) phi,   d mu / dE = u^dagger G0(E)^2 u  (> 0),
-    dE / d theta = -(d mu / d theta) / (d mu / dE) = phi^dagger (dV/dtheta) phi / u^dagger G0^2 u,
+    dE / d theta = -(d mu / d theta) / (d mu / dE) = phi^dagger (dV/dtheta) phi / u^dagger G0^2 u.
 
-implemented as a ``jax.custom_jvp`` (so ``jax.grad``, ``jax.jacfwd`` and vmap all work). The formula needs a
-non-degenerate level; degenerate levels (multiplicity > 1) get the derivative of one state of the level.
+A level of multiplicity m (roots closer than DEGENERACY_TOL times the gap edge, chained as ``bound_states``
+clusters them) has an m-dimensional null space. With U (R, m) an orthonormal basis of it at the level's mean
+energy and Phi = G0 U, degenerate perturbation theory on H gives the one-sided derivatives of the level's m
+sorted energies along a direction dtheta, lim_{h -> 0+} (E(theta + h dtheta) - E(theta)) / h, as the ascending
+eigenvalues of
+
+    (Phi^dagger dV Phi) c = lambda (U^dagger G0(E)^2 U) c,      dV = V(dtheta)
+
+(a perturbation that breaks the symmetry splits the level, one that keeps it gives m equal values; for m = 1
+this is the formula above). That derivative is not linear in dtheta (along -dtheta a split comes out reversed),
+but the tangent of a ``jax.custom_jvp`` must be, for reverse mode to transpose it. So the jvp is
+sum_c dtheta_c D_c E with D_c E the one-sided derivative along +theta_c: ``jax.jacfwd`` gives exactly these
+one-sided partials, ``jax.grad`` their transpose, and ``jax.jvp`` is the one-sided directional derivative along
+each coupling and along any direction that splits no degenerate level differently from them.
+:meth:`ShibaEnergies.directional_derivative` gives it along any direction. Shapes are fixed throughout (NaN-padded
+roots), so jit and vmap work.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shibajax.bound_states import (
-    DEGENERACY_TOL,
-    EDGE_MARGIN,
-    EIGENSYSTEM_CACHE_ELEMENTS,
-    ROOT_TOL,
-    _check_gap_input,
-    _solve,
-)
-from shibajax.brillouin_zone import default_chunk_size, validate_kgrid
+from shibajax.bound_states import DEGENERACY_TOL, ROOT_TOL, check_pairing, energies_of_potential
+from shibajax.brillouin_zone import default_chunk_size, n_points, validate_kgrid
 from shibajax.errors import FitError
 from shibajax.fitting.parameters import ParameterSpace
 from shibajax.fitting.spectrum import Couplings
@@ -39,11 +46,101 @@ from shibajax.models.tight_binding import TightBindingModel
 from shibajax.tmatrix import block_matrix, unique_displacements
 
 
-class ShibaEnergies:
-    """theta (n_c,) -> all in-gap Shiba energies (R,), ascending, NaN-padded; differentiable in theta.
+def level_clusters(energies: jax.Array, tol) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Degenerate levels of sorted, NaN-padded roots: neighbours closer than ``tol`` (energy units) are chained
+    into one level (the rule of ``bound_states``); NaN entries are levels of their own. jit- and vmap-safe.
 
     Args:
-        model: the host (with a gap); couplings: :class:`~shibajax.fitting.Couplings`; kgrid: k-grid.
+        energies: (n,) ascending, NaN-padded at the end (energy units). tol: scalar (energy units).
+
+    Returns:
+        first (n,): index of the first root of each root's level; rank (n,): position of the root within its
+        level (0 .. m - 1); size (n,): the level's multiplicity m.
+    """
+    n = energies.shape[0]
+    index = jnp.arange(n)
+    joins = jnp.concatenate([jnp.zeros(1, bool), jnp.diff(energies) < tol])  # NaN compares False
+    first = jax.lax.cummax(jnp.where(joins, 0, index))
+    size = jnp.sum(first[:, None] == first[None, :], axis=1)
+    return first, index - first, size
+
+
+def level_derivatives(
+    phi: jax.Array, u: jax.Array, g2: jax.Array, dv: jax.Array, first: jax.Array, active: jax.Array
+) -> jax.Array:
+    """Derivatives of the sorted energies of the degenerate levels, all at once, by degenerate perturbation theory.
+
+    For each level (roots i with the same ``first[i]``, contiguous) with null-space basis U = u[level] and
+    Phi = phi[level], the ascending eigenvalues of (Phi^dagger dV Phi) c = lambda (U^dagger G0^2 U) c, placed
+    at the level's roots in order. All levels are solved as one (n, n) block-diagonal pencil (zero between
+    different levels): Cholesky reduction with the metric, then ``eigvalsh`` with the blocks shifted apart
+    (level number times 3 ||C||_F, more than the spread of any block) so that the sorted eigenvalues come out
+    grouped by level, in order, whatever the values (equal derivatives of different levels are common: a
+    channel that does not touch them). No eigenvector is needed; the shifts cost ~3 n eps ||C|| of rounding.
+
+    Args:
+        phi: (n, R) G0 u per root. u: (n, R) null vectors of 1 - V G0, orthonormal within a level.
+        g2: (n, R, R) G0^2 between the impurities at each root's level energy (the same within a level).
+        dv: (R, R) dV along the direction (energy units). first: (n,) from :func:`level_clusters`.
+        active: (n,) bool, the roots to solve for (whole levels); the others (padding, roots alone, whose
+            values may be anything) are decoupled rows with an identity metric and give 0.
+
+    Returns:
+        (n,) dE/d(direction) of the sorted energies on active roots (energy units per unit of the direction);
+        for a level of one root it is phi^dagger dV phi / u^dagger G0^2 u.
+    """
+    n = first.shape[0]
+    pair = (first[:, None] == first[None, :]) & active[:, None] & active[None, :]
+    num = jnp.where(pair, jnp.einsum("ir,rs,js->ij", phi.conj(), dv, phi), 0.0)
+    metric = jnp.where(pair, jnp.einsum("ir,irs,js->ij", u.conj(), g2, u), jnp.eye(n))
+    # Cholesky keeps the exact zeros between blocks, so C = L^-1 N L^-dagger is block diagonal too
+    chol = jnp.linalg.cholesky(0.5 * (metric + metric.conj().T))
+    x = jax.scipy.linalg.solve_triangular(chol, num, lower=True)
+    c = jax.scipy.linalg.solve_triangular(chol, x.conj().T, lower=True)
+    c = 0.5 * (c + c.conj().T)
+    level = jnp.cumsum(first == jnp.arange(n)) - 1
+    # ||C||_F bounds every block's spectral radius: blocks shifted by 3 ||C||_F never overlap. A device, not a
+    # function of theta: no derivative through it (the norm's derivative is singular at C = 0).
+    offset = level * 3.0 * jax.lax.stop_gradient(jnp.linalg.norm(c))
+    return jnp.where(active, jnp.linalg.eigvalsh(c + jnp.diag(offset)) - offset, 0.0)
+
+
+class _Perturbation(NamedTuple):
+    """Data at the roots (n,) for their derivatives: null vectors u (n, R) (orthonormal within a level), phi = G0 u
+    (n, R), G0^2 (n, R, R) at each root's level, first (n,) from :func:`level_clusters`, found (n,) (not padding),
+    shared (n,) (a root of a degenerate level)."""
+
+    u: jax.Array
+    phi: jax.Array
+    g2: jax.Array
+    first: jax.Array
+    found: jax.Array
+    shared: jax.Array
+
+
+def _single_slopes(p: _Perturbation, dv: jax.Array) -> jax.Array:
+    """(n,) dE along the potential change dv (R, R) for roots alone in their level, the Hellmann-Feynman ratio
+    phi^dagger dV phi / u^dagger G0^2 u of the module docstring (linear in dv); 0 on padding."""
+    num = jnp.real(jnp.einsum("nr,rs,ns->n", p.phi.conj(), dv, p.phi))
+    den = jnp.real(jnp.einsum("nr,nrs,ns->n", p.u.conj(), p.g2, p.u))
+    return jnp.where(p.found, num / den, 0.0)
+
+
+def _slopes(p: _Perturbation, dv: jax.Array) -> jax.Array:
+    """(n,) one-sided derivatives of the sorted energies along the potential change dv (R, R), 0 on padding:
+    :func:`level_derivatives` on degenerate levels (not linear in dv there), the Hellmann-Feynman ratio on the
+    others."""
+    split = level_derivatives(p.phi, p.u, p.g2, dv, p.first, p.shared)
+    return jnp.where(p.shared, split, _single_slopes(p, dv))
+
+
+class ShibaEnergies:
+    """theta (n_c,) -> all in-gap Shiba energies (R,), ascending, NaN-padded; differentiable in theta (custom jvp,
+    degenerate levels by degenerate perturbation theory: see the module docstring).
+
+    Args:
+        model: the host (with a gap); couplings: :class:`~shibajax.fitting.Couplings`; kgrid: k-grid (tuple)
+            or :class:`~shibajax.brillouin_zone.KMesh`.
 
     Example:
         >>> import jax, shibajax
@@ -56,7 +153,7 @@ class ShibaEnergies:
     """
 
     def __init__(self, model: TightBindingModel, couplings: Couplings, *, kgrid, tol: float = ROOT_TOL):
-        _check_gap_input(model)
+        check_pairing(model)
         self.model = model
         self.couplings = couplings
         self.kgrid = validate_kgrid(kgrid, model.dim)
@@ -65,55 +162,96 @@ class ShibaEnergies:
         m = model.nambu_dim
         r = couplings.basis.shape[-1]
         per_k = chunk_elements_per_k(m, r // 2 + 2, self.disp.shape[0], 2)
-        self.chunk_size = int(default_chunk_size(math.prod(self.kgrid), per_k))
-        self.cache = math.prod(self.kgrid) * m * m <= EIGENSYSTEM_CACHE_ELEMENTS
+        self.chunk_size = int(default_chunk_size(n_points(self.kgrid), per_k))
         self.tol = float(tol)
         self._fn = self._build()
 
     def _roots(self, theta):
-        v = self.couplings.potential(theta)
-        sites = jnp.asarray(self.couplings.sites, jnp.float64)
-        batch = _solve(
-            self.model, v, sites, self.disp, self.idx_imp, EDGE_MARGIN, self.tol, DEGENERACY_TOL,
-            kgrid=self.kgrid, chunk_size=self.chunk_size, cache=self.cache,
+        """The search at couplings theta: :class:`~shibajax.bound_states.BoundStateBatch` (energies (R,))."""
+        return energies_of_potential(
+            self.model, self.couplings.potential(theta), self.couplings.sites,
+            kgrid=self.kgrid, tol=self.tol, chunk_size=self.chunk_size,
         )  # fmt: skip
-        return batch.energies, batch.gap_edge
 
-    def null_vectors(self, theta, energies):
-        """u (n, R) with (1 - V G0(E)) u = 0, and G0(E), G0(E)^2 between the impurities, (n, R, R) each."""
+    def null_vectors(self, theta, energies, degeneracy=0.0):
+        """u (n, R) with (1 - V G0(E)) u = 0, and G0(E), G0(E)^2 between the impurities, (n, R, R) each.
+
+        Roots closer than ``degeneracy`` (energy units, :func:`level_clusters`) are one level of multiplicity m:
+        all its roots get G0 at the level's mean energy, and its k-th root the k-th of the m smallest right
+        singular vectors of 1 - V G0 there (an orthonormal basis of the level's null space). With the default
+        0 every root is on its own and gets the smallest singular vector at its own energy.
+        """
         v = self.couplings.potential(theta)
-        e = jnp.where(jnp.isfinite(energies), energies, 0.0)
+        first, rank, size = level_clusters(energies, degeneracy)
+        same = first[:, None] == first[None, :]
+        mean = jnp.sum(jnp.where(same, energies[None, :], 0.0), axis=1) / size  # exact for a root alone
+        e = jnp.where(jnp.isfinite(mean), mean, 0.0)
         g1, g2 = bare_greens_sum(
             self.model, self.disp, e, kgrid=self.kgrid, chunk_size=self.chunk_size, max_power=2
         )  # fmt: skip
         g1, g2 = block_matrix(g1, self.idx_imp), block_matrix(g2, self.idx_imp)
         eye = jnp.eye(v.shape[0], dtype=jnp.complex128)
         _, _, vh = jnp.linalg.svd(eye - v @ g1)
-        return vh[:, -1, :].conj(), g1, g2
+        # one decomposition per level (its first root's), so that the level's vectors are orthonormal
+        g1, g2, vh = g1[first], g2[first], vh[first]
+        column = v.shape[0] - size + rank  # singular values descend: the level's m smallest are the last m
+        u = jnp.take_along_axis(vh, column[:, None, None], axis=1)[:, 0, :].conj()
+        return u, g1, g2
+
+    def _perturbation(self, theta, e, gap) -> _Perturbation:
+        """What the derivatives at the roots e (n,) need, from theta alone (no direction)."""
+        tol = DEGENERACY_TOL * gap
+        u, g1, g2 = self.null_vectors(theta, e, tol)
+        first, _, size = level_clusters(e, tol)
+        found = jnp.isfinite(e)
+        return _Perturbation(u, jnp.einsum("nrs,ns->nr", g1, u), g2, first, found, (size > 1) & found)
 
     def _build(self):
         @jax.custom_jvp
         def energies(theta):
-            return self._roots(theta)[0]
+            batch = self._roots(theta)
+            return batch.energies, batch.gap_edge
+
+        @jax.jit  # one program instead of dozens of small ones when called eagerly; inlined under jit
+        def tangent(theta, dtheta, e, gap):
+            p = self._perturbation(theta, e, gap)
+            # a degenerate level: its one-sided partial derivatives along each coupling (from theta alone), combined
+            # linearly, so that the tangent stays linear in dtheta (reverse mode transposes it)
+            partials = jax.vmap(lambda b: _slopes(p, b), out_axes=1)(self.couplings.basis)  # (n, n_c)
+            return jnp.where(p.shared, partials @ dtheta, _single_slopes(p, self.couplings.potential(dtheta)))
 
         @energies.defjvp
         def _jvp(primals, tangents):
             (theta,), (dtheta,) = primals, tangents
-            e = energies(theta)
-            u, g1, g2 = self.null_vectors(jax.lax.stop_gradient(theta), e)
-            phi = jnp.einsum("nrs,ns->nr", g1, u)
-            dv = self.couplings.potential(dtheta)
-            num = jnp.real(jnp.einsum("nr,rs,ns->n", phi.conj(), dv, phi))
-            den = jnp.real(jnp.einsum("nr,nrs,ns->n", u.conj(), g2, u))
-            return e, jnp.where(jnp.isfinite(e), num / den, 0.0)
+            e, gap = energies(theta)
+            de = tangent(jax.lax.stop_gradient(theta), dtheta, e, jax.lax.stop_gradient(gap))
+            return (e, gap), (de, jnp.zeros_like(gap))
 
+        @jax.jit
+        def directional(theta, direction):
+            e, gap = energies(theta)
+            return _slopes(self._perturbation(theta, e, gap), self.couplings.potential(direction))
+
+        self._directional = directional
         return energies
 
+    def directional_derivative(self, theta, direction) -> jax.Array:
+        """One-sided derivative of the sorted energies along ``direction`` d (n_c,), lim_{h -> 0+} of
+        (E(theta + h d) - E(theta)) / h: (R,) energy units per unit of theta, 0 on padding.
+
+        The same as ``jax.jvp`` (a linear map, see the module docstring) except on a degenerate level split by a
+        direction other than +theta_c (e.g. along -theta_c its derivatives are minus those along +theta_c, in
+        reverse order): this gives the ascending eigenvalues of the level's pencil along ``direction`` itself.
+        A value, not meant to be differentiated.
+        """
+        return self._directional(jnp.asarray(theta, jnp.float64), jnp.asarray(direction, jnp.float64))
+
     def __call__(self, theta) -> jax.Array:
-        return self._fn(jnp.asarray(theta, jnp.float64))
+        return self._fn(jnp.asarray(theta, jnp.float64))[0]
 
     def gap_edge(self, theta) -> float:
-        return float(self._roots(jnp.asarray(theta, jnp.float64))[1])
+        """The grid's gap edge (energy units; it does not depend on theta)."""
+        return float(self._roots(jnp.asarray(theta, jnp.float64)).gap_edge)
 
     def couplings_at(self, theta, name: str, energy: float) -> np.ndarray:
         """Exact inversion: the real values x of coupling ``name`` (the others as in ``theta``) that put a
