@@ -121,10 +121,12 @@ def test_sweep_benchmark_comparison_rejects_a_mismatch():
 
 
 def test_fit_benchmark_quick_converges_like_scipy():
-    """benchmarks/bench_fit.py --quick: the jitted L-BFGS and scipy's finite-difference least_squares reach the
-    same chi^2 (to 1e-6 relative: both stop on tight gradient criteria) and every timing is positive."""
+    """benchmarks/bench_fit.py --quick: the jitted L-BFGS, Levenberg-Marquardt and scipy's finite-difference
+    least_squares reach the same chi^2 (to 1e-6 relative: all stop on tight criteria), and every timing is
+    positive."""
     out = _load("bench_fit").main(["--quick"])
     assert out["time_shibajax_s"] > 0 and out["time_scipy_s"] > 0 and out["ratio_scipy_over_shibajax"] > 0
     assert out["loss_shibajax"] == pytest.approx(out["loss_scipy"], rel=1e-6)
+    assert out["loss_shibajax_lm"] == pytest.approx(out["loss_scipy"], rel=1e-6)
     # chi^2/2 of 200 points with Gaussian noise of the stated sigma: about 100, well inside 4 sigma (+-40)
     assert abs(2 * out["loss_shibajax"] - (out["n_points"] - out["n_free"])) < 4 * np.sqrt(2 * out["n_points"])

@@ -14,7 +14,7 @@ forward-mode Jacobians of the residuals, continued from residuals smoothed over 
 (L-BFGS alone stalls in this ten-parameter landscape of sharp peaks: an earlier try with +-40 % starts did not
 converge in 50 iterations, and plain LM from +-25 % starts reached the best minimum from 3 of 24).
 Seen (2 shared CPU cores): 11/16 starts reach the best minimum, every |fit - true| < 1.2 sigma, reduced
-chi^2 0.87 (dof 590), ~50 s for the file.
+chi^2 0.87 (dof 590), ~20 s for the file.
 """
 
 from __future__ import annotations

@@ -211,3 +211,7 @@ class Problem:
     def loss(self, u: jax.Array) -> jax.Array:
         """Loss of unconstrained u (n_free,): what the optimisers minimise."""
         return self.loss_natural(self.space.to_natural(u))
+
+    def residuals(self, u: jax.Array) -> jax.Array:
+        """Weighted residuals (n_points,) of unconstrained u (n_free,): what Levenberg-Marquardt minimises."""
+        return self.residuals_natural(self.space.to_natural(u))

@@ -3,7 +3,7 @@
 * :func:`minimize_adam` (optax.adam, ``lax.scan``) and :func:`minimize_lbfgs` (optax.lbfgs with its zoom
   line search, ``lax.while_loop``): one start, jittable, no host syncs inside the loop.
 * :func:`minimize_levenberg_marquardt`: Levenberg-Marquardt on a residual vector (forward-mode Jacobian), for a
-  polish or a whole fit of least-squares problems; jittable and vmappable.
+  polish or a whole fit of least-squares problems (``method="lm"``); jittable and vmappable.
 * :func:`multistart`: a batch of starts (n, n_free) vmapped in one compiled call per block, the block sharded
   over a 1-D mesh of ``jax.devices()`` (``NamedSharding``), a tqdm bar over blocks and an ``.npz`` checkpoint
   after each block, so an interrupted run resumes where it stopped.
@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from shibajax.errors import FitError
 
-METHODS = ("lbfgs", "adam")
+METHODS = ("lbfgs", "adam", "lm")
 
 
 def minimize_adam(loss: Callable, u0: jax.Array, *, steps: int = 500, learning_rate: float = 0.05):
@@ -79,13 +79,21 @@ def minimize_lbfgs(loss: Callable, u0: jax.Array, *, max_iter: int = 200, tol: f
 
 
 def minimize_levenberg_marquardt(
-    residuals: Callable, x0: jax.Array, *, max_iter: int = 50, damping: float = 1e-3, tol: float = 1e-12
+    residuals: Callable,
+    x0: jax.Array,
+    *,
+    max_iter: int = 50,
+    damping: float = 1e-3,
+    tol: float = 1e-12,
+    ftol: float = 1e-10,
+    max_damping: float = 1e10,
 ):
     """Levenberg-Marquardt on loss = 1/2 |r(x)|^2 with the Jacobian of ``residuals`` in forward mode.
 
     Marquardt's scaled damping (J^T J + lam diag(J^T J)) dx = -J^T r; a step is kept only when it lowers the
-    loss (lam / 3), else lam * 4. Fixed iteration count (``lax.fori_loop``: jittable and vmappable); steps
-    after convergence (relative loss change < tol) are no-ops.
+    loss by more than ``tol`` relative (lam / 3), else lam * 4. ``lax.while_loop`` (jittable and vmappable):
+    stops after ``max_iter`` iterations, or once a kept step lowered the loss by less than ``ftol`` relative
+    (scipy's ftol test), or once lam exceeds ``max_damping`` (no descent step left: a minimum to rounding).
 
     Args:
         residuals: x (n,) -> r (m,), jax-traceable. x0: (n,) start. max_iter: iterations; damping: start lam.
@@ -98,8 +106,8 @@ def minimize_levenberg_marquardt(
         r = residuals(x)
         return 0.5 * jnp.sum(r * r)
 
-    def body(_, carry):
-        x, f, lam, n_ok = carry
+    def body(carry):
+        x, f, lam, n_ok, it, _ = carry
         r, tangent = jax.linearize(residuals, x)  # forward mode: one primal, n tangents (= jax.jacfwd)
         jm = jax.vmap(tangent, out_axes=1)(jnp.eye(x.shape[0], dtype=x.dtype))
         h = jm.T @ jm
@@ -108,11 +116,17 @@ def minimize_levenberg_marquardt(
         step = jnp.linalg.solve(h + lam * jnp.diag(jnp.where(d > 0, d, 1.0)), -g)
         f_new = loss_of(x + step)
         ok = jnp.isfinite(f_new) & (f_new < f) & (f - f_new > tol * jnp.abs(f))
+        converged = ok & (f - f_new <= ftol * jnp.abs(f))
         x = jnp.where(ok, x + step, x)
-        return x, jnp.where(ok, f_new, f), jnp.where(ok, lam / 3.0, lam * 4.0), n_ok + ok
+        return x, jnp.where(ok, f_new, f), jnp.where(ok, lam / 3.0, lam * 4.0), n_ok + ok, it + 1, converged
+
+    def cond(carry):
+        _, _, lam, _, it, converged = carry
+        return (it < max_iter) & ~converged & (lam < max_damping)
 
     x0 = jnp.asarray(x0, jnp.float64)
-    x, f, _, n_ok = jax.lax.fori_loop(0, max_iter, body, (x0, loss_of(x0), jnp.asarray(damping), jnp.asarray(0)))
+    init = (x0, loss_of(x0), jnp.asarray(damping, jnp.float64), jnp.asarray(0), jnp.asarray(0), jnp.asarray(False))
+    x, f, _, n_ok, _, _ = jax.lax.while_loop(cond, body, init)
     return x, f, n_ok
 
 
@@ -121,6 +135,8 @@ def _runner(loss, method, options):
         return lambda u0: minimize_lbfgs(loss, u0, **options)
     if method == "adam":
         return lambda u0: minimize_adam(loss, u0, **options)
+    if method == "lm":  # ``loss`` is then the residual vector function
+        return lambda u0: minimize_levenberg_marquardt(loss, u0, **options)
     raise FitError(f"method = {method!r}; use one of {METHODS}")
 
 
@@ -156,9 +172,11 @@ def multistart(
     """Minimise ``loss`` from every row of ``starts`` (n, n_free): vmapped, sharded over devices, in blocks.
 
     Args:
-        loss: u (n_free,) -> scalar, jax-traceable.
+        loss: u (n_free,) -> scalar, jax-traceable; for method "lm" the residual vector u -> r (m,) instead
+            (loss = 1/2 |r|^2).
         starts: (n, n_free) unconstrained start points.
-        method: "lbfgs" (options max_iter, tol) or "adam" (options steps, learning_rate).
+        method: "lbfgs" (options max_iter, tol), "adam" (options steps, learning_rate) or "lm"
+            (Levenberg-Marquardt, options max_iter, ftol: least-squares problems).
         block: starts per compiled call (default all); each block is padded to a multiple of the device count.
         checkpoint: ``.npz`` path written after each block (finished starts and their results); if it exists
             and holds the same starts, finished blocks are skipped (resume).
