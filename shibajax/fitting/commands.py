@@ -3,10 +3,12 @@ to a measured spectrum, in meV / mV / K.
 
 Config (TOML; every table optional except [params], see examples/fit_mnpc.toml)::
 
-    [host]    t, mu, delta (meV), eta (meV, the sample broadening), kgrid (L), energy_step (meV), channels (1)
+    [host]    t, mu, delta (meV), eta (meV, the sample broadening), kgrid (L), energy_step (meV), channels (1),
+              fermi_shell (resolution rho: sum G0 on a Fermi-shell mesh with base grid kgrid instead of a
+              uniform L x L grid; needed when eta << the band width, see shibajax.fermi_shell)
     [tip]     kind = "normal" | "dynes"
     [data]    bias_window = [lo, hi] (mV), direction = "forward" | "backward" | "average"
-    [fit]     n_starts, method ("lbfgs" | "adam"), max_iter, seed, out (folder)
+    [fit]     n_starts, method ("lbfgs" | "adam" | "lm"), max_iter, seed, out (folder)
     [params]  name = value | {value, lower, upper, fixed, tie}; "temperature" and "lockin" default to the
               file's header (fixed), "scale" to 1, "offset", "bg0", "bg1" to 0 (fixed).
 
@@ -23,7 +25,7 @@ import numpy as np
 from shibajax.config import check_keys, load_toml
 from shibajax.errors import FitError
 
-HOST_KEYS = ("t", "mu", "delta", "eta", "kgrid", "energy_step", "channels")
+HOST_KEYS = ("t", "mu", "delta", "eta", "kgrid", "energy_step", "channels", "fermi_shell")
 FIT_KEYS = ("n_starts", "method", "max_iter", "seed", "out")
 
 
@@ -69,7 +71,12 @@ def build_problem(data_path, config: dict):
     margin = 10 * 0.0862 * 2.0 + 3 * lockin + (2.0 if tip == "dynes" else 0.0)
     energies = np.arange(lo - margin, hi + margin + step / 2, step)
     kgrid = int(host.get("kgrid", 64))
-    blocks = green_blocks(model, couplings, [(0, 0)], energies, eta=float(host.get("eta", 0.05)), kgrid=(kgrid, kgrid))
+    mesh = (kgrid, kgrid)
+    if "fermi_shell" in host:
+        from shibajax.fermi_shell import fermi_shell_mesh
+
+        mesh = fermi_shell_mesh(model, base=kgrid, resolution=float(host["fermi_shell"]))
+    blocks = green_blocks(model, couplings, [(0, 0)], energies, eta=float(host.get("eta", 0.05)), kgrid=mesh)
     problem = Problem(Dataset(SpectrumModel(blocks, tip=tip), bias, didv, label=Path(data_path).name), params)
     options = {
         "n_starts": int(fitc.get("n_starts", 16)),
