@@ -8,3 +8,6 @@ NumPy is imported, hence here.
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# the tests run in two pytest-xdist workers (pyproject.toml): on a GPU machine both share the device, so neither
+# may preallocate most of its memory
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
