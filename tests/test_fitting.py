@@ -124,14 +124,19 @@ def test_spectrum_loss_gradient_matches_finite_differences(blocks):
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5 * np.abs(fd).max())
 
 
-def test_synthetic_recovery_within_two_sigma(blocks):
-    """K, J recovered from random starts within their Laplace 2 sigma; reduced chi^2 ~ 1."""
+def _kj_scale_problem(blocks):
+    """The synthetic spectrum with K_0, J_0 and scale free (bounded), everything else fixed at the truth."""
     sm, truth, bias, data = _synthetic(blocks)
     params = {k: {"value": v, "fixed": True} for k, v in truth.items()}
     params["K_0"] = {"value": 3.0, "lower": -10.0, "upper": 15.0}
     params["J_0"] = {"value": 20.0, "lower": 15.0, "upper": 35.0}
     params["scale"] = {"value": 1.2, "lower": 0.5, "upper": 2.0}
-    prob = Problem(Dataset(sm, bias, data, sigma=0.02), params)
+    return Problem(Dataset(sm, bias, data, sigma=0.02), params), truth, bias
+
+
+def test_synthetic_recovery_within_two_sigma(blocks):
+    """K, J recovered from random starts within their Laplace 2 sigma; reduced chi^2 ~ 1."""
+    prob, truth, bias = _kj_scale_problem(blocks)
     r = fit(prob, n_starts=6, seed=4, progress=False, max_iter=80, tol=1e-6)
     for name in ("K_0", "J_0", "scale"):
         assert abs(r.values[name] - truth[name]) < 2 * r.errors[name], (name, r.values[name], r.errors[name])
@@ -144,12 +149,7 @@ def test_levenberg_marquardt_fit_reaches_the_lbfgs_minimum(blocks):
     """fit(method="lm") on the same problem and starts ends at the L-BFGS minimum (same chi^2 to 1e-6 relative,
     both converge tightly) with the same Laplace errors, and its Jacobian through the written-out derivative of
     Tr[T W] equals JAX's own forward mode through the T-matrix solve."""
-    sm, truth, bias, data = _synthetic(blocks)
-    params = {k: {"value": v, "fixed": True} for k, v in truth.items()}
-    params["K_0"] = {"value": 3.0, "lower": -10.0, "upper": 15.0}
-    params["J_0"] = {"value": 20.0, "lower": 15.0, "upper": 35.0}
-    params["scale"] = {"value": 1.2, "lower": 0.5, "upper": 2.0}
-    prob = Problem(Dataset(sm, bias, data, sigma=0.02), params)
+    prob, truth, bias = _kj_scale_problem(blocks)
     starts = prob.space.sample(4, 4)
     lm = fit(prob, starts=starts, method="lm", progress=False, max_iter=60)
     bfgs = fit(prob, starts=starts, progress=False, max_iter=200, tol=1e-8)
