@@ -174,6 +174,22 @@ def test_levenberg_marquardt_fit_reaches_the_lbfgs_minimum(blocks):
     np.testing.assert_allclose(jax.jacfwd(written_out)(theta), ref, rtol=0, atol=1e-10 * np.abs(ref).max())
     np.testing.assert_allclose(jax.jacrev(written_out)(theta), ref, rtol=0, atol=1e-10 * np.abs(ref).max())
 
+    # the dG and dW terms (built only when G0 or W carry a tangent, e.g. a fitted Delta): along a scaling of
+    # G0 and of W, against JAX's own forward mode through the solve
+    v = blocks.couplings.potential(theta)
+
+    def scaled(s, trace):
+        return trace(v, (1 + s[0]) * blocks.g_imp, (1 + s[1]) * blocks.weights).imag
+
+    def plain_trace(v, g, w):
+        return jnp.einsum("zrs,zpsr->zp", t_matrix(v, g), w)
+
+    s0 = jnp.array([0.01, -0.02])
+    ref_s = jax.jacfwd(lambda s: scaled(s, plain_trace))(s0)
+    for jac in (jax.jacfwd, jax.jacrev):
+        got = jac(lambda s: scaled(s, t_matrix_trace))(s0)
+        np.testing.assert_allclose(got, ref_s, rtol=0, atol=1e-10 * np.abs(ref_s).max())
+
 
 def test_shiba_energy_gradient_matches_finite_differences():
     """Implicit differentiation (Hellmann-Feynman on the crossing eigenvalue) against central differences."""

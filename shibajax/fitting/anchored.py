@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -132,12 +133,20 @@ def fit_anchored(
     i_scan = names.index(scan)
     theta0 = np.array([float(values.get(n, 0.0)) for n in names])
 
-    def chi2_linear(k, j):
-        """chi^2 with scale, bg0, bg1 at their linear least-squares values; and those values."""
-        y = np.asarray(model(base | {scan: jnp.asarray(k), solve: jnp.asarray(j)}, jnp.asarray(bias), kernel=kernel))
+    @jax.jit
+    def spectra(k, j):
+        """Model spectra (n_kj, n) with scale 1 and no background at pairs (k, j) (n_kj,): one compiled call."""
+        one = lambda k, j: model(base | {scan: k, solve: j}, jnp.asarray(bias), kernel=kernel)  # noqa: E731
+        return jax.vmap(one)(k, j)
+
+    def chi2_linear(y):
+        """chi^2 of the spectrum y (n,) with scale, bg0, bg1 at their linear least-squares values; and those."""
         design = np.stack([y, np.ones_like(bias), bias], axis=1) * w[:, None]
         coef, *_ = np.linalg.lstsq(design, data * w, rcond=None)
         return float(np.sum((design @ coef - data * w) ** 2)), coef
+
+    def chi2_at(k, j):
+        return chi2_linear(np.asarray(spectra(jnp.array([k]), jnp.array([j])))[0])
 
     def theta_at(k):
         theta = theta0.copy()
@@ -155,10 +164,11 @@ def fit_anchored(
         raise FitError(f"no value of {solve} puts a state at E = {energy} meV for {scan} in the grid")
     profile = np.full((grid.size, 1 + 2 * n_branch), np.nan)
     profile[:, 0] = grid
-    for i, (k, s) in enumerate(zip(grid, sols, strict=True)):
-        for b, j in enumerate(s):
-            profile[i, 1 + 2 * b] = j
-            profile[i, 2 + 2 * b] = chi2_linear(k, j)[0]
+    rows, cols = zip(*[(i, b) for i, s in enumerate(sols) for b in range(s.size)], strict=True)
+    rows, cols = np.array(rows), np.array(cols)
+    j_grid = np.array([sols[i][b] for i, b in zip(rows, cols, strict=True)])
+    profile[rows, 1 + 2 * cols] = j_grid
+    profile[rows, 2 + 2 * cols] = [chi2_linear(y)[0] for y in np.asarray(spectra(grid[rows], j_grid))]
     chi_grid = profile[:, 2::2]
     branch_minima = [float(np.nanmin(c)) if np.isfinite(c).any() else np.nan for c in chi_grid.T]
     if branch is None:
@@ -170,12 +180,12 @@ def fit_anchored(
 
     def profile_at(k):
         j = branch_value(k, branch)
-        return chi2_linear(k, j)[0] if np.isfinite(j) else np.inf
+        return chi2_at(k, j)[0] if np.isfinite(j) else np.inf
 
     opt = minimize_scalar(profile_at, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6 * (hi - lo)})
     k_best = float(opt.x)
     j_best = float(branch_value(k_best, branch))
-    chi2, coef = chi2_linear(k_best, j_best)
+    chi2, coef = chi2_at(k_best, j_best)
     dof = max(1, bias.size - 4)  # scan + three linear parameters (solve is tied)
     rescale = chi2 / dof if sigma is None else 1.0
     h = 0.05 * (grid[1] - grid[0]) if grid.size > 1 else 0.1

@@ -165,6 +165,7 @@ class ShibaEnergies:
         self.chunk_size = int(default_chunk_size(n_points(self.kgrid), per_k))
         self.tol = float(tol)
         self._fn = self._build()
+        self._g0_at = {}  # energy -> G0 (R, R) between the impurities: couplings_at's one BZ sum per energy
 
     def _roots(self, theta):
         """The search at couplings theta: :class:`~shibajax.bound_states.BoundStateBatch` (energies (R,))."""
@@ -258,23 +259,32 @@ class ShibaEnergies:
         bound state exactly at ``energy``, ascending (energy units).
 
         det[1 - (V_rest + x B) G0(E)] = 0 with A = 1 - V_rest G0(E) is the pencil det(A - x B G0) = 0, so
-        1/x are the nonzero eigenvalues of A^-1 B G0(E); one BZ sum, no root search. Use it for starts, or
-        to check a fit (for one channel with K = 0 the smallest positive x is the weak-coupling branch).
+        1/x are the nonzero eigenvalues of A^-1 B G0(E); one BZ sum per energy (kept), no root search. Use it for
+        starts, or to check a fit (for one channel with K = 0 the smallest positive x is the weak-coupling branch).
         """
         names = self.couplings.names
         if name not in names:
             raise FitError(f"coupling {name!r} is not one of {list(names)}")
         i = names.index(name)
         theta = jnp.asarray(theta, jnp.float64).at[i].set(0.0)
-        (g,) = bare_greens_sum(
-            self.model, self.disp, jnp.array([float(energy)]), kgrid=self.kgrid, chunk_size=self.chunk_size
-        )  # fmt: skip
-        g = np.asarray(block_matrix(g, self.idx_imp))[0]
+        g = self._g0(float(energy))
         a = np.eye(g.shape[0]) - np.asarray(self.couplings.potential(theta)) @ g
         lam = np.linalg.eigvals(np.linalg.solve(a, np.asarray(self.couplings.basis[i]) @ g))
         scale = np.max(np.abs(lam))
         ok = (np.abs(lam) > 1e-9 * scale) & (np.abs(lam.imag) <= 1e-9 * scale)
         return np.sort(1.0 / lam[ok].real)
+
+    def _g0(self, energy: float) -> np.ndarray:
+        """G0(energy) (R, R) between the impurities (one BZ sum), kept for the last few energies: a profile over
+        the other couplings (``fitting.anchored``) asks for the same energy many times."""
+        if energy not in self._g0_at:
+            (g,) = bare_greens_sum(
+                self.model, self.disp, jnp.array([energy]), kgrid=self.kgrid, chunk_size=self.chunk_size
+            )  # fmt: skip
+            if len(self._g0_at) >= 8:
+                self._g0_at.pop(next(iter(self._g0_at)))
+            self._g0_at[energy] = np.asarray(block_matrix(g, self.idx_imp))[0]
+        return self._g0_at[energy]
 
     def channel_weights(self, theta, energies) -> np.ndarray:
         """(n, n_channels) weight of each level's impurity amplitude chi = V G0 u ~ u on each channel's

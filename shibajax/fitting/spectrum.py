@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from shibajax import _precision  # noqa: F401
 from shibajax.brillouin_zone import validate_kgrid
@@ -206,19 +207,29 @@ def t_matrix_trace(v: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.einsum("zrs,zpsr->zp", t_matrix(v, g), w)
 
 
-@t_matrix_trace.defjvp
 def _t_matrix_trace_jvp(primals, tangents):
+    """Symbolic zeros (``defjvp(symbolic_zeros=True)``): in a fit G0 and W are constants, so only the dV term is
+    built (the dG and dW terms cost as much again, for nothing)."""
     v, g, w = primals
-    dv, dg, dw = tangents
+    dv, dg, dw = (None if isinstance(t, SymbolicZero) else t for t in tangents)
     eye = jnp.eye(v.shape[-1], dtype=jnp.complex128)
     a_inv = jnp.linalg.inv(eye - v @ g)  # (n_E, R, R)
     tm = a_inv @ v
     w_a = jnp.einsum("zpst,ztr->zpsr", w, a_inv)  # W_p A^-1
-    x = jnp.einsum("zqs,zpsr->zpqr", eye + g @ tm, w_a)  # (1 + G T) W_p A^-1
-    y = jnp.einsum("zqs,zpsr,rt->zpqt", tm, w_a, v)  # T W_p A^-1 V
     out = jnp.einsum("zrs,zpsr->zp", tm, w)
-    d_out = jnp.einsum("rs,zpsr->zp", dv, x) + jnp.einsum("zrs,zpsr->zp", dg, y) + jnp.einsum("zrs,zpsr->zp", tm, dw)
+    d_out = jnp.zeros_like(out)
+    if dv is not None:
+        x = jnp.einsum("zqs,zpsr->zpqr", eye + g @ tm, w_a)  # (1 + G T) W_p A^-1
+        d_out = d_out + jnp.einsum("rs,zpsr->zp", dv, x)
+    if dg is not None:
+        y = jnp.einsum("zqs,zpsr,rt->zpqt", tm, w_a, v)  # T W_p A^-1 V
+        d_out = d_out + jnp.einsum("zrs,zpsr->zp", dg, y)
+    if dw is not None:
+        d_out = d_out + jnp.einsum("zrs,zpsr->zp", tm, dw)
     return out, d_out
+
+
+t_matrix_trace.defjvp(_t_matrix_trace_jvp, symbolic_zeros=True)
 
 
 def _flatten_blocks(b: GreenBlocks):
