@@ -9,8 +9,13 @@ The pipeline reads model -> Brillouin zone -> Green's function -> T-matrix -> bo
 ``import shibajax`` switches JAX to float64/complex128 (see docs/conventions.md).
 """
 
+import importlib
+
 from shibajax import (
     _precision,  # noqa: F401  (first: float64 before any array is made)
+    _threads,
+    adatoms,  # shibajax.adatoms.Adatom(...) after a plain import shibajax
+    clusters,  # shibajax.clusters.helical_chain(...) likewise
     models,
 )
 from shibajax.bands import band_structure, filling, high_symmetry_path, normal_state_dos
@@ -28,6 +33,19 @@ from shibajax.tmatrix import LDOS, greens_function_with_impurities, ldos, t_matr
 
 __version__ = "0.1.0"
 
+_threads.limit_lapack_threads()  # one LAPACK thread inside XLA's CPU pool (see shibajax/_threads.py)
+
+#: Subpackages and modules imported on first use as attributes (``shibajax.plotting.plot_bands``, ...), so that a
+#: plain ``import shibajax`` reaches every name the README uses without importing matplotlib or the fitting code.
+_LAZY_SUBMODULES = ("bands", "chains", "data", "fermi_shell", "fitting", "maps", "measurement", "plotting", "sweep")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"shibajax.{name}")
+    raise AttributeError(f"module 'shibajax' has no attribute {name!r}")
+
+
 __all__ = [
     "LDOS",
     "BoundStateBatch",
@@ -35,9 +53,11 @@ __all__ = [
     "Channel",
     "Impurity",
     "__version__",
+    "adatoms",
     "band_structure",
     "bound_state_energies",
     "bound_states",
+    "clusters",
     "energies_of_potential",
     "filling",
     "gap_edge",

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax import _precision  # noqa: F401
+from shibajax._checks import check_real
 from shibajax.errors import ImpurityError
 from shibajax.impurities import Channel, channel_potential, spin_direction
 from shibajax.models.tight_binding import TightBindingModel
@@ -48,7 +49,8 @@ _FORMS = {
     "dx2-y2": np.diag([0.5, -0.5, 0.0]),
 }
 D_ORBITALS = ("dxy", "dxz", "dyz", "dz2", "dx2-y2")
-#: Sites with a Gaussian factor below this are left out of a channel (relative to 1 at the adatom).
+#: Default cut-off: sites with a Gaussian factor below this are left out of a channel (relative to 1 at the adatom);
+#: :class:`Adatom` takes its own (``cutoff=``).
 GAUSSIAN_CUTOFF = 1e-10
 #: A channel whose unnormalised overlap with all sites is below this is decoupled: an error, not a zero.
 MIN_OVERLAP = 1e-12
@@ -113,6 +115,10 @@ class Adatom:
         extent: radial extent lambda of the overlap (length units, > 0).
         channels: list of :class:`OrbitalChannel`.
         spin / theta, phi: classical spin direction (as for :class:`shibajax.Impurity`).
+        cutoff: sites whose Gaussian factor exp(-|R - r_a|^2 / 2 lambda^2) is below ``cutoff`` are left out of
+            the channels, i.e. the cluster holds the sites within sqrt(2 lambda^2 ln(1 / cutoff) - h^2) of the
+            adatom; 0 < cutoff < 1, default ``GAUSSIAN_CUTOFF`` = 1e-10. A larger cut-off gives a smaller
+            cluster (cheaper, and it fits a smaller k-grid) at the price of the overlap's tail.
 
     Example:
         >>> import shibajax
@@ -124,7 +130,10 @@ class Adatom:
         True
     """
 
-    def __init__(self, position, *, height, extent, channels, spin=None, theta=None, phi=None):
+    def __init__(self, position, *, height, extent, channels, spin=None, theta=None, phi=None, cutoff=GAUSSIAN_CUTOFF):
+        check_real("adatom position", position, error=ImpurityError, max_ndim=1, hint=" (Cartesian (x, y))")
+        check_real("adatom height", height, error=ImpurityError, hint=" (length units)")
+        check_real("adatom extent", extent, error=ImpurityError, hint=" (length units)")
         pos = np.asarray(position, dtype=np.float64)
         if pos.ndim != 1 or not np.all(np.isfinite(pos)):
             raise ImpurityError(f"adatom position {position!r} must be a finite Cartesian vector")
@@ -132,11 +141,18 @@ class Adatom:
             raise ImpurityError(f"adatom height {height!r} must be >= 0 (length units)")
         if not (np.isfinite(extent) and extent > 0):
             raise ImpurityError(f"adatom extent {extent!r} must be > 0 (length units)")
+        check_real("adatom cutoff", cutoff, error=ImpurityError, hint=" between 0 and 1")
+        if not 0.0 < float(cutoff) < 1.0:
+            raise ImpurityError(
+                f"adatom cutoff = {cutoff!r} must lie between 0 and 1 (exclusive): it is the smallest Gaussian factor "
+                f"exp(-|R - r_a|^2 / 2 lambda^2) of a site kept in the channels (default {GAUSSIAN_CUTOFF:g})"
+            )
         channels = list(channels)
         if not channels or not all(isinstance(c, OrbitalChannel) for c in channels):
             raise ImpurityError("an Adatom needs a non-empty list of OrbitalChannel")
         self.position = tuple(float(x) for x in pos)
         self.height, self.extent = float(height), float(extent)
+        self.cutoff = float(cutoff)
         self.channels = tuple(channels)
         self.spin = spin_direction(spin, theta, phi)
 
@@ -160,14 +176,14 @@ class Adatom:
 
 jax.tree_util.register_pytree_node(
     Adatom,
-    lambda a: ((a.channels, a.spin), (a.position, a.height, a.extent)),
+    lambda a: ((a.channels, a.spin), (a.position, a.height, a.extent, a.cutoff)),
     lambda aux, leaves: _new_adatom(aux, *leaves),
 )
 
 
 def _new_adatom(aux, channels, spin):
     out = object.__new__(Adatom)
-    out.position, out.height, out.extent = aux
+    out.position, out.height, out.extent, out.cutoff = aux
     out.channels, out.spin = tuple(channels), spin
     return out
 
@@ -198,11 +214,12 @@ def _form_factors(adatom: Adatom, model: TightBindingModel) -> tuple[np.ndarray,
     if len(adatom.position) != 2:
         raise ImpurityError(f"adatom position {adatom.position} must be (x, y) for a 2D model")
     lam = adatom.extent
-    radius_sq = max(0.0, 2.0 * lam**2 * math.log(1.0 / GAUSSIAN_CUTOFF) - adatom.height**2)
+    radius_sq = max(0.0, 2.0 * lam**2 * math.log(1.0 / adatom.cutoff) - adatom.height**2)
     sites = sites_near(model, adatom.position, math.sqrt(radius_sq))
     if sites.shape[0] == 0:
         raise ImpurityError(
-            f"adatom at height {adatom.height} with extent {lam} overlaps no substrate site: raise the extent"
+            f"adatom at height {adatom.height} with extent {lam} overlaps no substrate site above the cutoff "
+            f"{adatom.cutoff:g}: raise the extent (or lower the cutoff)"
         )
     d2 = cartesian(model, sites) - np.asarray(adatom.position)
     d = np.concatenate([d2, np.full((d2.shape[0], 1), -adatom.height)], axis=1)

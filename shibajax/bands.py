@@ -20,7 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shibajax import _precision  # noqa: F401
+from shibajax import (
+    _linalg,
+    _precision,  # noqa: F401
+)
 from shibajax.brillouin_zone import chunked_kpoints, default_chunk_size, n_points, normalisation, validate_kgrid
 from shibajax.errors import ShapeError
 from shibajax.greens_function import validate_eta
@@ -150,7 +153,7 @@ def _hamiltonian_fn(model, bdg: bool):
 
 @partial(jax.jit, static_argnames=("bdg",))
 def _band_energies(model, kpoints, bdg):
-    return jnp.linalg.eigvalsh(jax.vmap(_hamiltonian_fn(model, bdg))(kpoints))
+    return _linalg.eigvalsh(jax.vmap(_hamiltonian_fn(model, bdg))(kpoints))
 
 
 def band_structure(model: TightBindingModel, kpoints, bdg: bool = False) -> jax.Array:
@@ -221,7 +224,7 @@ def _dos(model, energies, eta, kgrid, chunk_size, kind):
 
     def body(acc, xs):
         kc, wc = xs
-        eps = jnp.linalg.eigvalsh(h_of_k(kc))  # (c, 2 n_orb)
+        eps = _linalg.eigvalsh(h_of_k(kc))  # (c, 2 n_orb)
         contrib = _kernel(energies[:, None, None] - eps[None], eta, kind)  # (n_E, c, 2 n_orb)
         return acc + jnp.einsum("ecn,c->e", contrib, wc), None
 
@@ -292,7 +295,7 @@ def _filling(model, kgrid, chunk_size):
 
     def body(acc, xs):
         kc, wc = xs
-        eps = jnp.linalg.eigvalsh(h_of_k(kc))
+        eps = _linalg.eigvalsh(h_of_k(kc))
         occ = jnp.where(eps < -tol, 1.0, jnp.where(eps <= tol, 0.5, 0.0))
         return acc + jnp.sum(occ * wc[:, None]), None
 

@@ -29,26 +29,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shibajax import _precision  # noqa: F401
+from shibajax import (
+    _linalg,
+    _precision,  # noqa: F401
+)
 from shibajax.brillouin_zone import (
+    COMPLEX_BYTES,
+    NO_GAP,
     KMesh,
-    _gap_edge,
+    check_chunk_size,
+    check_memory,
     default_chunk_size,
     describe_kgrid,
+    gap_from_starts,
+    grid_spacing,
+    host_gap,
+    host_has_gap,
+    kpoint_bytes,
+    lowest_points,
+    memory_limit,
     n_points,
     normalisation,
+    rescaled,
+    scan_gap,
     validate_kgrid,
 )
-from shibajax.errors import NoGapError, ShapeError
+from shibajax.errors import NoGapError, ParameterError, ShapeError
 from shibajax.greens_function import (
     bare_greens_sum,
     bz_eigensystem,
     chunk_elements_per_k,
+    green_sum_bytes,
     greens_sum_from_eigensystem,
     projected_greens_sum,
     validate_displacements,
 )
-from shibajax.impurities import impurity_potential
+from shibajax.impurities import check_separations, impurity_potential
 from shibajax.models.tight_binding import TightBindingModel
 from shibajax.tmatrix import block_matrix, unique_displacements
 
@@ -63,8 +79,6 @@ ZERO_COUPLING = 1e-12
 #: Keep the grid's eigensystem in memory for the Newton steps when it has at most this many complex elements
 #: (2**24 = 256 MiB); larger grids are diagonalised chunk by chunk at every step.
 EIGENSYSTEM_CACHE_ELEMENTS = 2**24
-#: A gap edge below this times the largest hopping means "no gap".
-NO_GAP = 1e-9
 
 
 class _HermitianForm(NamedTuple):
@@ -75,7 +89,7 @@ class _HermitianForm(NamedTuple):
 
 def _hermitian_form(potential: jax.Array, rank: int | None = None) -> _HermitianForm:
     """V = Q Lambda Q^dagger; with a static ``rank`` only the rank largest |lambda| are kept (Q is R x rank)."""
-    lam, q = jnp.linalg.eigh(potential)
+    lam, q = _linalg.eigh(potential)
     if rank is not None and rank < lam.shape[0]:
         keep = jnp.argsort(-jnp.abs(lam))[:rank]
         lam, q = lam[keep], q[:, keep]
@@ -138,7 +152,9 @@ class BoundStateBatch(NamedTuple):
 
     energies: (R,) ascending, NaN-padded at the end.  multiplicity: (R,) int, 0 on padding.
     n_states: number of states found (with multiplicity).  gap_edge: the grid's gap edge.
-    has_gap: False when the model has no gap (then n_states = 0).  converged: every root met the tolerance.
+    has_gap: the host (the infinite lattice) has a full gap; False for Delta = 0 and for a nodal gap, even where
+    the grid misses the nodes (:func:`~shibajax.brillouin_zone.host_gap`); then n_states = 0.
+    converged: every root met the tolerance.
     """
 
     energies: jax.Array
@@ -178,7 +194,7 @@ def _refine_crossings(evaluate, grid, lam_grid, index, crossing, atol, max_iter)
     def body(state):
         lo, hi, x, done, it = state
         a, da = evaluate(x)
-        lam, vec = jnp.linalg.eigh(a)
+        lam, vec = _linalg.eigh(a)
         f = lam[ar, index]  # eigenvalue number index[i] of A(x_i)
         v = vec[ar, :, index]
         fp = jnp.real(jnp.einsum("ka,kab,kb->k", v.conj(), da, v))
@@ -196,25 +212,41 @@ def _refine_crossings(evaluate, grid, lam_grid, index, crossing, atol, max_iter)
     return roots, done
 
 
-def _bracket(model, potential, sites, disp, idx_imp, edge_margin, kgrid, chunk_size, cache, rank):
-    """Shared first stage: the channel form, G0 evaluator, gap and the sorted eigenvalues of A on the bracket grid."""
+def _bracket(
+    model, potential, sites, disp, idx_imp, edge_margin, kgrid, chunk_size, cache, rank, host=False, host_ok=None
+):
+    """Shared first stage: the channel form, G0 evaluator, gap and the sorted eigenvalues of A on the bracket grid.
+
+    ``has_gap`` is the host's: with ``host`` (a traced model) found here (:func:`~shibajax.brillouin_zone.
+    gap_from_starts`, started at the grid's lowest points), else ``host_ok`` (from the cached
+    :func:`~shibajax.brillouin_zone.host_gap` of a concrete model) and a nonzero grid gap; None when neither is
+    given (counting crossings only).
+    """
     form = _hermitian_form(potential, rank)
     if cache:  # diagonalise once, reuse in every Newton step
         eig = bz_eigensystem(model, kgrid, chunk_size)
-        gap = jnp.min(jnp.abs(eig.energies))  # padding points repeat k = 0: harmless for a minimum
+        gap, starts = lowest_points(eig.energies, eig.k)  # padding points repeat k = 0: harmless for a minimum
     else:
         eig = None
-        gap = _gap_edge(model, kgrid, chunk_size)
+        gap, starts = scan_gap(model, kgrid, chunk_size)
     green = _channel_green(model, sites, disp, idx_imp, form, kgrid, chunk_size, eig)
-    hop_scale = jnp.max(jnp.abs(model.hoppings))
-    has_gap = gap > NO_GAP * hop_scale
+    if host:
+
+        def other():  # the rescaled model's lowest points, scanned only if a search is needed
+            return scan_gap(rescaled(model), kgrid, chunk_size)[1]
+
+        has_gap = gap_from_starts(model, gap, starts, grid_spacing(kgrid), other).has_gap
+    elif host_ok is not None:
+        has_gap = host_ok & (gap > NO_GAP * jnp.max(jnp.abs(model.hoppings)))
+    else:
+        has_gap = None
     e_max = gap * (1.0 - edge_margin)
     # Particle-hole symmetry pairs every root E with -E, so search (0, e_max) and mirror. The sorted eigenvalues
     # crossing zero there are a contiguous block k = n_pos_end .. n_neg_zero - 1 of at most R/2 indices.
     grid = e_max * jnp.sin(jnp.linspace(0.0, 0.5 * jnp.pi, N_BRACKET))
     grid = grid.at[-1].set(e_max)
     a_grid, _ = _form_at(green, form, grid, derivative=False)
-    lam_grid = jnp.linalg.eigvalsh(a_grid)  # (N_BRACKET, R), each column increasing
+    lam_grid = _linalg.eigvalsh(a_grid)  # (N_BRACKET, R), each column increasing
     return form, green, gap, has_gap, grid, lam_grid
 
 
@@ -225,7 +257,7 @@ def _count_crossings(model, potential, sites, disp, idx_imp, edge_margin, *, kgr
     return jnp.sum(lam_grid[0] < 0) - jnp.sum(lam_grid[-1] <= 0)
 
 
-@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "rank", "slots", "max_iter"))
+@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "rank", "slots", "max_iter", "host"))
 def _solve(
     model,
     potential,
@@ -235,6 +267,7 @@ def _solve(
     edge_margin,
     tol,
     deg_tol,
+    host_ok,
     *,
     kgrid,
     chunk_size,
@@ -242,9 +275,10 @@ def _solve(
     rank=None,
     slots=None,
     max_iter=100,
+    host=False,
 ):
     form, green, gap, has_gap, grid, lam_grid = _bracket(
-        model, potential, sites, disp, idx_imp, edge_margin, kgrid, chunk_size, cache, rank
+        model, potential, sites, disp, idx_imp, edge_margin, kgrid, chunk_size, cache, rank, host, host_ok
     )
     r = form.q.shape[1]
     n_neg_zero = jnp.sum(lam_grid[0] < 0)
@@ -281,12 +315,28 @@ class _Geometry(NamedTuple):
 def _geometry(model, sites, n_channels, kgrid, chunk_size) -> _Geometry:
     """Set-up shared by every search: sites (n_imp, dim) and a potential of size n_channels (static ints)."""
     kgrid = validate_kgrid(kgrid, model.dim)
+    check_separations(sites, kgrid)  # no impurity pair farther apart than half the grid (its periodic image)
     disp, (idx_imp,) = unique_displacements(sites[:, None, :] - sites[None, :, :])
     m = model.nambu_dim
     if chunk_size is None:
         n_z = n_channels // 2 + 2
         chunk_size = default_chunk_size(n_points(kgrid), chunk_elements_per_k(m, n_z, disp.shape[0], 2))
-    cache = n_points(kgrid) * m * m <= EIGENSYSTEM_CACHE_ELEMENTS
+    n_k = n_points(kgrid)
+    cache_bytes = COMPLEX_BYTES * n_k * (m * m + m) + kpoint_bytes(n_k, model.dim)
+    cache = n_k * m * m <= EIGENSYSTEM_CACHE_ELEMENTS and cache_bytes <= memory_limit()[0] / 4
+    # Memory (checked before compiling): the G0 sums of the bracket (N_BRACKET energies) and Newton stages (a root
+    # per positive channel direction, G0 and G0^2), in whichever channel route is larger, the matrices A(E), and
+    # the cached eigensystem.
+    n_e = max(N_BRACKET, n_channels // 2)
+    n_eff = max(disp.shape[0], -(-n_channels * n_channels // (m * m)))
+    estimate = green_sum_bytes(m, kgrid, model.dim, int(chunk_size), n_e, n_eff, 2)
+    estimate += COMPLEX_BYTES * 6 * n_e * n_channels * n_channels + (cache_bytes if cache else 0)
+    check_memory(
+        estimate,
+        f"the bound-state search ({sites.shape[0]} impurity sites, {n_channels} channel directions, "
+        f"{n_k:.3g} k-points, chunk_size = {int(chunk_size)})",
+        "Use a smaller k-grid or chunk_size, or fewer impurity sites",
+    )
     return _Geometry(kgrid, sites, disp, idx_imp, int(chunk_size), cache)
 
 
@@ -315,6 +365,31 @@ def check_pairing(model: TightBindingModel) -> None:
         )
 
 
+def _no_gap_error(info) -> NoGapError:
+    """The NoGapError for a concrete gapless host, naming the reason (:attr:`GapInfo.reason`) and the cure."""
+    reason = info.reason or (  # the search and host_gap may start from different (tied) grid points
+        f"the gap has nodes: the quasiparticle energy falls to zero near the Fermi surface (lowest |E| found "
+        f"{float(info.host):.2g}, grid gap edge {float(info.grid):.3g})"
+    )
+    return NoGapError(
+        f"{reason}. A gapless host has no in-gap (Shiba) bound states to search for. Bound states need a "
+        "full gap: use a fully gapped pairing (s; s+- with its nodal lines off the Fermi surface, e.g. square(mu=-3, "
+        "gap='s+-'); d+id), or compute the LDOS (shibajax.ldos), which needs no gap"
+    )
+
+
+def require_gap(model: TightBindingModel, kgrid, chunk_size: int | None = None) -> None:
+    """Raise :class:`~shibajax.errors.NoGapError` when a concrete host has no full gap: Delta = 0, or nodes of the
+    gap on the Fermi surface, including nodes the grid misses (:func:`~shibajax.brillouin_zone.host_gap`). A traced
+    model (under jit / vmap) is not checked: a batch entry reports ``has_gap = False`` instead."""
+    check_pairing(model)
+    if any(isinstance(x, jax.core.Tracer) for x in (model.hoppings, model.pairing)):
+        return
+    if bool(host_has_gap(model, kgrid)):  # (no grid scan for an s-wave gap on a time-reversal-symmetric host)
+        return
+    raise _no_gap_error(host_gap(model, kgrid, chunk_size))
+
+
 def bound_state_energies(
     model: TightBindingModel,
     impurities,
@@ -327,8 +402,11 @@ def bound_state_energies(
 ) -> BoundStateBatch:
     """Shiba energies as a fixed-shape, jit- and vmap-safe :class:`BoundStateBatch`.
 
-    Inside ``jax.vmap`` over parameter sets an entry without states has ``n_states = 0`` (a gapless one
-    ``has_gap = False``) instead of raising. See :func:`bound_states` for arguments.
+    Inside ``jax.vmap`` over parameter sets an entry without states has ``n_states = 0``, and a gapless one
+    ``has_gap = False`` (and no states) instead of raising. Gapless means the host's (the infinite lattice's) gap:
+    Delta = 0, or nodes on the Fermi surface even where the grid misses them (d-wave, s+- with nodal lines
+    crossing the Fermi surface; :func:`~shibajax.brillouin_zone.host_gap`). A concrete model with Delta = 0 raises
+    :class:`~shibajax.errors.NoGapError`. See :func:`bound_states` for arguments.
 
     Example:
         >>> import jax, jax.numpy as jnp, shibajax
@@ -340,15 +418,38 @@ def bound_state_energies(
     return _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size)[0]
 
 
+def _check_search_settings(edge_margin, tol, degeneracy_tol, chunk_size) -> None:
+    """The search settings of :func:`bound_states` / :func:`bound_state_energies` on the host (tracers pass):
+    0 <= edge_margin < 1, tol > 0, degeneracy_tol >= 0 (finite reals), chunk_size None or a positive integer
+    (:func:`~shibajax.brillouin_zone.check_chunk_size`)."""
+    rules = (
+        ("edge_margin", edge_margin, lambda x: 0.0 <= x < 1.0, "0 <= edge_margin < 1 (a fraction of the gap edge)"),
+        ("tol", tol, lambda x: x > 0.0, "tol > 0 (the root tolerance, relative to the gap edge)"),
+        ("degeneracy_tol", degeneracy_tol, lambda x: x >= 0.0, "degeneracy_tol >= 0 (relative to the gap edge)"),
+    )
+    for name, value, ok, want in rules:
+        if isinstance(value, jax.core.Tracer):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise ParameterError(f"{name} = {value!r} must be a real number: {want}")
+        if not (np.isfinite(value) and ok(float(value))):
+            raise ParameterError(f"{name} = {value!r} is out of range: {want}")
+    check_chunk_size(chunk_size)
+
+
 def _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=False):
     """Check the input, set up and run the search; returns (batch, (geometry, V)).
 
     Concrete potentials are searched in their coupled subspace (:func:`potential_rank`); with ``compact``
-    (host-side calls only) the crossings are counted first and the Newton stage refines only those.
+    (host-side calls only) the crossings are counted first and the Newton stage refines only those, and a gapless
+    host raises NoGapError (:func:`require_gap`, after the size checks and before any search).
     """
+    _check_search_settings(edge_margin, tol, degeneracy_tol, chunk_size)
     check_pairing(model)
     sites, potential = impurity_potential(impurities, model)
     geometry = _geometry(model, sites, potential.shape[0], kgrid, chunk_size)
+    if compact:
+        require_gap(model, geometry.kgrid)
     batch = _search(
         model, potential, geometry, edge_margin, tol, degeneracy_tol, rank=potential_rank(potential), compact=compact
     )
@@ -368,9 +469,13 @@ def _search(model, potential, geometry, edge_margin, tol, degeneracy_tol, *, ran
             model, potential, site_array, g.disp, g.idx_imp, edge_margin,
             kgrid=g.kgrid, chunk_size=g.chunk_size, cache=g.cache, rank=rank,
         )))  # fmt: skip
+    # The host's gap: of a concrete model from host_gap (cached per host, compiled apart from the search), of a
+    # traced one (vmap over model parameters) inside the search
+    traced = any(isinstance(x, jax.core.Tracer) for x in (model.hoppings, model.pairing))
+    host_ok = jnp.asarray(True) if traced else host_has_gap(model, g.kgrid)
     return _solve(
-        model, potential, site_array, g.disp, g.idx_imp, edge_margin, tol, degeneracy_tol,
-        kgrid=g.kgrid, chunk_size=g.chunk_size, cache=g.cache, rank=rank, slots=slots,
+        model, potential, site_array, g.disp, g.idx_imp, edge_margin, tol, degeneracy_tol, host_ok,
+        kgrid=g.kgrid, chunk_size=g.chunk_size, cache=g.cache, rank=rank, slots=slots, host=traced,
     )  # fmt: skip
 
 
@@ -405,6 +510,9 @@ def energies_of_potential(
 
     Returns:
         :class:`BoundStateBatch`: energies (R,) ascending (energy units), NaN-padded; multiplicity (R,).
+
+    A nodal host (d-wave, s+- with nodal lines on the Fermi surface) gives ``has_gap = False`` and no states, as in
+    :func:`bound_state_energies`.
 
     Raises:
         NoGapError: Delta = 0 (a concrete model without pairing).
@@ -480,9 +588,16 @@ class BoundStates:
         if len(self.energies) == 0:
             return []
         disp, (idx,) = unique_displacements(pos[:, None, :] - self.sites[None, :, :])
+        m, n_lev = self.model.nambu_dim, len(self.energies)
         if chunk_size is None:
-            per_k = chunk_elements_per_k(self.model.nambu_dim, len(self.energies), disp.shape[0])
+            per_k = chunk_elements_per_k(m, n_lev, disp.shape[0])
             chunk_size = default_chunk_size(n_points(self.kgrid), per_k)
+        check_memory(
+            green_sum_bytes(m, self.kgrid, self.model.dim, int(chunk_size), n_lev, disp.shape[0])
+            + 2 * COMPLEX_BYTES * n_lev * pos.shape[0] * (self.sites.shape[0] + 1) * m * m,
+            f"wavefunctions at {pos.shape[0]} positions ({n_lev} levels, {self.sites.shape[0]} impurity sites)",
+            "Ask for fewer positions at a time",
+        )
         (g,) = bare_greens_sum(
             self.model, disp, jnp.asarray(self.energies, jnp.float64), kgrid=self.kgrid, chunk_size=int(chunk_size)
         )
@@ -538,7 +653,11 @@ def bound_states(
         :class:`BoundStates`.
 
     Raises:
-        NoGapError: Delta = 0 or a gapless grid (nodes on the grid).
+        NoGapError: the host has no full gap: Delta = 0, or a nodal gap (d-wave; s+- with nodal lines on the Fermi
+            surface), even when the grid misses the nodes and sees a finite gap: an L x L grid is an exact
+            periodic lattice, but the host meant is the infinite one (docs/conventions.md, "k-grids").
+        MemoryLimitError: the grid or the search does not fit in memory (estimated before compiling; the limit is
+            a fraction of the available memory, or ``SHIBAJAX_MEMORY_LIMIT_GB``).
 
     Example:
         >>> import shibajax
@@ -553,10 +672,7 @@ def bound_states(
     kgrid, sites, disp, idx_imp, chunk_size, _ = geometry
     gap = float(batch.gap_edge)
     if not bool(batch.has_gap):
-        raise NoGapError(
-            f"the grid's gap edge is {gap:.3g}, i.e. zero: the gap has nodes on this k-grid (or Delta = 0). "
-            "Bound states need a full gap"
-        )
+        raise _no_gap_error(host_gap(model, kgrid))
     energies = np.asarray(batch.energies)
     energies = energies[np.isfinite(energies)]
     levels, mults = _cluster(energies, degeneracy_tol * gap)

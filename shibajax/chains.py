@@ -31,7 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shibajax import _precision  # noqa: F401
+from shibajax import (
+    _linalg,
+    _precision,  # noqa: F401
+)
 from shibajax.bound_states import EDGE_MARGIN, ROOT_TOL, _hermitian, _hermitian_form, _refine_crossings
 from shibajax.brillouin_zone import bdg_eigensystem
 from shibajax.errors import ImpurityError, ShapeError
@@ -140,7 +143,7 @@ def _bands_one_q(model, potential, q, edge_margin, tol, *, spacing, axis, n_perp
 
     grid = e_max * jnp.sin(jnp.linspace(-0.5 * jnp.pi, 0.5 * jnp.pi, N_BRACKET))
     grid = grid.at[0].set(-e_max).at[-1].set(e_max)
-    lam_grid = jnp.linalg.eigvalsh(jax.vmap(a_of)(grid))  # (N_BRACKET, R), each column increasing
+    lam_grid = _linalg.eigvalsh(jax.vmap(a_of)(grid))  # (N_BRACKET, R), each column increasing
     n_neg_start = jnp.sum(lam_grid[0] < 0)
     n_pos_end = jnp.sum(lam_grid[-1] <= 0)
     index = n_pos_end + jnp.arange(r)

@@ -34,6 +34,7 @@ def collect_info() -> dict:
     import jax
 
     from shibajax._precision import precision_report
+    from shibajax._threads import threading_report
 
     return {
         "shibajax": __version__,
@@ -43,6 +44,7 @@ def collect_info() -> dict:
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "precision": precision_report(),
+        "threading": threading_report(),
     }
 
 
@@ -56,6 +58,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     rows += [("jax backend", info["jax_backend"]), ("devices", ", ".join(info["devices"]))]
     p = info["precision"]
     rows.append(("precision", f"{p['real']} / {p['complex']} (jax_enable_x64 = {p['jax_enable_x64']})"))
+    t = info["threading"]
+    libs = ", ".join(f"{name} ({n} threads)" for name, n in t["lapack_libraries"].items()) or "none found"
+    rows.append(("LAPACK threads", f"{t['lapack_threads']} in jaxlib's CPU kernels: {libs}"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -76,22 +81,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from shibajax import sweep
 
+    if args.distributed:
+        sweep.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    elif any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+        raise sweep.SweepConfigError("--coordinator, --num-processes and --process-id need --distributed")
     config = sweep.load_config(args.config)
     cfg = sweep.resolve_config(config)  # checks the config before any work
     sweep.check_chunk(args.chunk, "--chunk")
     n = 1
     for values in cfg["sweep"].values():
         n *= len(values)
-    print(f"shibajax sweep: {n} configurations on a {cfg['kgrid'][0]} x {cfg['kgrid'][1]} k-grid ...", flush=True)
+    out = sweep.output_path(args.config, args.out)
+    print(
+        f"shibajax sweep: {n} configurations on a {cfg['kgrid'][0]} x {cfg['kgrid'][1]} k-grid, writing {out} ...",
+        flush=True,
+    )
     ds, out, seconds = sweep.run_from_file(args.config, args.out, chunk=args.chunk)
     print(sweep.summary(ds, out, seconds))
     return 0
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from shibajax.fitting.commands import run_fit
+    from shibajax.fitting.commands import OUTPUTS, execute_fit, plan_fit
 
-    result, folder = run_fit(args.data, args.config, args.out)
+    plan = plan_fit(args.data, args.config, args.out, restart=args.restart)  # checks everything before any work
+    fitc = plan.config["fit"]
+    print(
+        f"shibajax fit: {plan.data_path.name}, {fitc['n_starts']} starts ({fitc['method']}, at most "
+        f"{fitc['max_iter']} iterations each); writing {', '.join(OUTPUTS)} to {plan.folder}/",
+        flush=True,
+    )
+    if plan.resume:
+        print(f"resuming from {plan.checkpoint} (--restart discards it)", flush=True)
+    try:
+        result, folder = execute_fit(plan, log=lambda message: print(message, flush=True))
+    except KeyboardInterrupt:
+        saved = (
+            f"{plan.checkpoint} holds the finished starts and the state of the others after their last batch of "
+            "iterations; run the same command to resume"
+            if plan.checkpoint.exists()
+            else "nothing was saved yet (the fit had not started)"
+        )
+        print(f"\ninterrupted: {saved}", file=sys.stderr)
+        return 130
     print(result.summary())
     print(f"report: {folder / 'fit_report.json'}, plot: {folder / 'fit.png'}")
     return 0
@@ -136,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--chunk", type=int, default=256, metavar="N", help="configurations per vmapped call (default: %(default)s)"
     )
+    sw.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one of several processes (jax.distributed): on SLURM, Open MPI or Kubernetes the coordinator, the "
+        "number of processes and this process's index are detected; elsewhere give them below or set "
+        "JAX_COORDINATOR_ADDRESS. Every process runs the same command; process 0 writes the file",
+    )
+    sw.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (with --distributed)")
+    sw.add_argument("--num-processes", type=int, metavar="N", help="number of processes (with --distributed)")
+    sw.add_argument("--process-id", type=int, metavar="I", help="index of this process, 0..N-1 (with --distributed)")
     sw.set_defaults(func=_cmd_sweep)
 
     info = sub.add_parser("info", help="versions, JAX backend and devices, numerical precision")
@@ -156,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("data", metavar="DATA", help="measured spectrum (Nanonis .dat, Createc .VERT, CSV/TXT)")
     ft.add_argument("--config", required=True, metavar="FIT.toml", help="fit configuration (TOML)")
     ft.add_argument("--out", default=None, metavar="DIR", help="output folder (default: [fit] out of the config)")
+    ft.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the checkpoint in the output folder and start the fit over (by default a run resumes "
+        "from it, and refuses one written for another data file or config)",
+    )
     ft.set_defaults(func=_cmd_fit)
     return parser
 

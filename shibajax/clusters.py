@@ -19,6 +19,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from shibajax._checks import check_real
 from shibajax.errors import ImpurityError, ShapeError
 from shibajax.impurities import Channel, Impurity
 
@@ -37,6 +38,7 @@ def chain_sites(n: int, direction=(1, 0), start=(0, 0)) -> np.ndarray:
 
 
 def _unit(v, name):
+    check_real(name, v, error=ImpurityError, max_ndim=1, hint=" (a nonzero 3-vector)")
     v = np.asarray(v, dtype=float)
     if v.shape != (3,) or not np.linalg.norm(v) > 0:
         raise ImpurityError(f"{name} must be a nonzero 3-vector; got {v.tolist()}")
@@ -50,6 +52,8 @@ def spiral_spins(n: int, pitch, axis=(0.0, 0.0, 1.0), normal=(0.0, 1.0, 0.0), ph
     starting from ``axis`` (default: in the x-z plane, from +z towards +x). q = 0 is ferromagnetic, q = pi
     antiferromagnetic. q and phase may be JAX tracers.
     """
+    check_real("pitch", pitch, error=ImpurityError, hint=" (radians between neighbours)")
+    check_real("phase", phase, error=ImpurityError, hint=" (radians)")
     a = _unit(axis, "axis")
     nrm = _unit(normal, "normal")
     if abs(a @ nrm) > 1e-12:

@@ -56,9 +56,18 @@ def load_toml(path) -> dict:
     """Read a TOML config file (its content is checked by the caller's ``resolve_config``)."""
     path = Path(path)
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        raw = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read config file {str(path)!r}: {err.strerror or err}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+        hint = "it looks like UTF-16: save it as UTF-8" if utf16 else "a binary file, or another encoding"
+        raise ConfigError(
+            f"config file {str(path)!r} is not UTF-8 text as TOML requires (byte {err.start}: {hint})"
+        ) from err
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err

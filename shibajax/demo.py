@@ -85,8 +85,11 @@ def _channel(entry, default, key: str) -> dict:
     def is_index(o):
         return isinstance(o, int) and not isinstance(o, bool)
 
-    if not (orbitals is None or is_index(orbitals) or (isinstance(orbitals, list) and all(map(is_index, orbitals)))):
-        raise ConfigError(f"{key}.orbitals must be an orbital index (0 or 1) or a list of them; got {orbitals!r}")
+    is_list = isinstance(orbitals, list) and len(orbitals) > 0 and all(map(is_index, orbitals))
+    if not (orbitals is None or is_index(orbitals) or is_list):
+        raise ConfigError(
+            f"{key}.orbitals must be an orbital index (0 or 1) or a non-empty list of them; got {orbitals!r}"
+        )
     return {"orbitals": orbitals, "K": number(out["K"], f"{key}.K"), "J": number(out["J"], f"{key}.J")}
 
 
@@ -128,7 +131,8 @@ def resolve_config(config: dict | None = None, *, kgrid: int | None = None) -> d
     imp = out["impurity"]
     if "site" in imp_in:
         site = imp_in["site"]
-        if not isinstance(site, list) or len(site) != 2 or not all(isinstance(v, int) for v in site):
+        ints = isinstance(site, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in site)
+        if not ints or len(site) != 2:
             raise ConfigError(f"impurity.site must be two integers [x, y]; got {site!r}")
         imp["site"] = list(site)
     if "spin" in imp_in:

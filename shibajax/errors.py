@@ -59,3 +59,28 @@ class TunnellingError(ShibajaxError):
 
 class DeconvolutionError(ShibajaxError):
     """A tip calibration or deconvolution that cannot be set up as asked (unknown parameters, bad data)."""
+
+
+class DataNotFoundError(ShibajaxError, FileNotFoundError):
+    """The project's shared data folder (``reference/``, ``realdata/``) is not where it was looked for.
+
+    Raised by :mod:`shibajax.data`; the message says where it looked and how to point at the data
+    (``SHIBAJAX_DATA=/path/to/shared``). Also a ``FileNotFoundError``.
+    """
+
+
+class ParameterError(ShibajaxError):
+    """A model parameter or an energy grid that is not what it must be: a string, a complex number, NaN or inf
+    where a finite real number is needed (``mu="abc"``, ``t=1j``, ``energies=[nan]``). The message names the
+    parameter, the bad value and the form expected."""
+
+
+class OutputPathError(ShibajaxError):
+    """An output path that cannot be written (a folder, no permission, a read-only disk): found before any work,
+    and the message names the path."""
+
+
+class MemoryLimitError(ShibajaxError):
+    """A calculation whose estimated memory exceeds the limit: a fraction of the available host (or device) memory,
+    or ``SHIBAJAX_MEMORY_LIMIT_GB``. Raised before anything is allocated or compiled; the message gives the
+    estimate, the limit and what to reduce (the k-grid, ``chunk_size``, the number of energies or positions)."""

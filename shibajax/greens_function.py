@@ -18,10 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax import _precision  # noqa: F401
+from shibajax._checks import check_energies
 from shibajax.brillouin_zone import (
+    COMPLEX_BYTES,
+    ENERGY_BLOCK_BYTES,
     bdg_eigensystem,
+    check_chunk_size,
+    check_memory,
     chunked_kpoints,
     default_chunk_size,
+    kpoint_bytes,
+    memory_limit,
     n_points,
     normalisation,
     validate_kgrid,
@@ -166,14 +173,103 @@ def greens_sum_from_eigensystem(eig: BZEigensystem, displacements, z, *, n_k: fl
     return _scan_green(z, displacements, tuple(eig), lambda x: x, n_k, eig.vectors.shape[-1], max_power)
 
 
-def green_chunk_size(model: TightBindingModel, kgrid, n_z: int, n_d: int) -> int:
+def green_chunk_size(model: TightBindingModel, kgrid, n_z: int, n_d: int, max_power: int = 1) -> int:
     """Default k-chunk for a G0 sum over n_z energies and n_d displacements (bounded memory)."""
-    return default_chunk_size(n_points(kgrid), chunk_elements_per_k(model.nambu_dim, n_z, n_d))
+    return default_chunk_size(n_points(kgrid), chunk_elements_per_k(model.nambu_dim, n_z, n_d, max_power))
 
 
 def chunk_elements_per_k(m: int, n_z: int, n_d: int, max_power: int = 1) -> int:
     """Complex elements per k-point of the chunk kernel's intermediates (projectors and resolvents)."""
     return m * (m * m * n_d + max_power * n_z + m)
+
+
+def green_sum_bytes(m: int, kgrid, dim: int, chunk_size: int, n_z: int, n_d: int, max_power: int = 1) -> int:
+    """Peak bytes of one :func:`bare_greens_sum` over n_z energies and n_d displacements: the k-points, one chunk's
+    intermediates (projectors and resolvents, with a copy, and the eigenvectors) and the sums (a chunk's product,
+    the accumulator and the result, each max_power n_z n_d M^2 complex numbers)."""
+    per_k = 2 * chunk_elements_per_k(m, n_z, n_d, max_power) + 3 * m * m
+    sums = 3 * max_power * n_z * n_d * m * m
+    return kpoint_bytes(n_points(kgrid), dim) + COMPLEX_BYTES * (int(chunk_size) * per_k + sums)
+
+
+class EnergyBlocks(NamedTuple):
+    """How a Green's-function sum over many energies is run: ``size`` energies per block (each block its own
+    k-sum), ``chunk_size`` k-points per chunk of a block's sum."""
+
+    size: int
+    chunk_size: int
+
+
+def plan_energy_blocks(
+    model: TightBindingModel,
+    kgrid,
+    n_z: int,
+    n_d: int,
+    *,
+    what: str,
+    chunk_size: int | None = None,
+    per_energy: int = 0,
+    outputs: int = 0,
+    max_power: int = 1,
+) -> EnergyBlocks:
+    """Energies per block so that a sum of G0 over n_z energies and n_d displacements fits in memory.
+
+    One block holds all energies when the whole calculation fits in :func:`~shibajax.brillouin_zone.memory_limit`
+    and its energy-dependent intermediates in ``ENERGY_BLOCK_BYTES`` (1 GiB); otherwise the energies are summed in
+    blocks (the results are the same: every energy has its own k-sum). Checked before anything is allocated.
+
+    Args:
+        model, kgrid: the host and its grid. n_z, n_d: energies and displacements of the sum.
+        what: the calculation, for the error message (e.g. "ldos at 40 positions and 5000 energies").
+        chunk_size: k-points per chunk when given by the caller (else from the memory budget, per block).
+        per_energy: bytes per energy of the caller's own intermediates beyond G0 (T-matrix products, outputs).
+        outputs: bytes of results kept over all energies while the blocks run (the concatenated result).
+        max_power: powers of G0 summed.
+
+    Raises:
+        MemoryLimitError: even one energy per block does not fit (the estimate, the limit and what to reduce).
+    """
+    m = model.nambu_dim
+    chunk_size = check_chunk_size(chunk_size)
+
+    def chunk(size):
+        return int(chunk_size) if chunk_size is not None else green_chunk_size(model, kgrid, size, n_d, max_power)
+
+    def total(size, blocked):
+        sums = green_sum_bytes(m, kgrid, model.dim, chunk(size), size, n_d, max_power)
+        return sums + size * per_energy + (2 if blocked else 1) * outputs  # blocks: parts and their concatenation
+
+    per_e = per_energy + 3 * max_power * n_d * m * m * COMPLEX_BYTES  # one energy's intermediates
+    limit, _ = memory_limit()
+    if n_z * per_e <= ENERGY_BLOCK_BYTES and total(n_z, False) <= limit:
+        return EnergyBlocks(n_z, chunk(n_z))
+    size = int(max(1, min(n_z, ENERGY_BLOCK_BYTES // per_e)))
+    while size > 1 and total(size, size < n_z) > limit:
+        size = max(1, size // 2)
+    check_memory(
+        total(size, size < n_z),
+        f"{what} ({n_z} energies, {n_d} displacements, M = {m}, {n_points(kgrid):.3g} k-points"
+        f"{'' if chunk_size is None else f', chunk_size = {chunk_size}'}; summed {size} energies at a time)",
+        "Use fewer energies, positions or impurity sites, a smaller k-grid, or a smaller chunk_size",
+    )
+    return EnergyBlocks(size, chunk(size))
+
+
+def in_energy_blocks(fn, z: jax.Array, size: int):
+    """fn(z_block) for blocks of ``size`` energies, concatenated along the first axis of every output (a tuple of
+    arrays or one array). The last block is padded with its last energy, so ``fn`` compiles once."""
+    n_z = z.shape[0]
+    if size >= n_z:
+        return fn(z)
+    parts = []
+    for start in range(0, n_z, size):
+        block = z[start : start + size]
+        n = block.shape[0]
+        if n < size:
+            block = jnp.concatenate([block, jnp.broadcast_to(block[-1:], (size - n,))])
+        out = fn(block)
+        parts.append(jax.tree_util.tree_map(lambda x, n=n: x[:n], out))
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
 def validate_eta(eta, hint: str = "") -> float:
@@ -201,6 +297,7 @@ def validate_displacements(displacements, dim: int, what: str = "displacements")
 
 def complex_energies(energies, eta) -> jax.Array:
     """z = E + i eta (eta > 0 checked), shape (n_E,) complex128, or real E (eta=None), float64."""
+    check_energies(energies)  # non-empty, 1-D, finite and real (concrete values; tracers pass)
     e = jnp.atleast_1d(jnp.asarray(energies, dtype=jnp.float64))
     if e.ndim != 1:
         raise ShapeError(f"energies must be a scalar or a 1D array; got shape {e.shape}")
@@ -229,7 +326,11 @@ def greens_function(
         chunk_size: k-points per chunk (default: from a 64 MiB budget).
 
     Returns:
-        (n_E, n_d, 4 n_orb, 4 n_orb) complex128 in the Nambu basis of docs/conventions.md.
+        (n_E, n_d, 4 n_orb, 4 n_orb) complex128 in the Nambu basis of docs/conventions.md. Long energy grids are
+        summed in blocks of energies (:func:`plan_energy_blocks`), with the same result.
+
+    Raises:
+        MemoryLimitError: the grid, or the result with one block of energies, does not fit in memory.
 
     Example:
         >>> import shibajax
@@ -240,6 +341,11 @@ def greens_function(
     kgrid = validate_kgrid(kgrid, model.dim)
     disp = validate_displacements(displacements, model.dim)
     z = complex_energies(energies, eta)
-    if chunk_size is None:
-        chunk_size = green_chunk_size(model, kgrid, z.shape[0], disp.shape[0])
-    return bare_greens_sum(model, disp, z, kgrid=kgrid, chunk_size=int(chunk_size))[0]
+    n_z, n_d, m = z.shape[0], disp.shape[0], model.nambu_dim
+    plan = plan_energy_blocks(
+        model, kgrid, n_z, n_d, what="greens_function", chunk_size=chunk_size,
+        outputs=n_z * n_d * m * m * COMPLEX_BYTES,
+    )  # fmt: skip
+    return in_energy_blocks(
+        lambda zb: bare_greens_sum(model, disp, zb, kgrid=kgrid, chunk_size=plan.chunk_size)[0], z, plan.size
+    )

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax import _precision  # noqa: F401
+from shibajax._checks import check_real as check_real  # re-exported, with check_separations, for tmatrix
+from shibajax._checks import check_separations as check_separations  # re-export: bound_states, tmatrix
 from shibajax.errors import ImpurityError, ShapeError
 from shibajax.models.tight_binding import TightBindingModel
 from shibajax.nambu import SIGMA, SIGMA_0, TAU_0, TAU_Z
@@ -30,23 +32,51 @@ def _concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _is_index(o) -> bool:
+    """An integer-valued real scalar (not a bool, a string or a sequence)."""
+    if isinstance(o, str | bytes | bool | np.bool_) or np.ndim(o) != 0:
+        return False
+    try:
+        return bool(np.isfinite(o)) and float(o) == int(o)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def spin_direction(spin=None, theta=None, phi=None) -> jax.Array:
-    """Unit vector n (3,) from a spin vector (any length > 0) or from polar angles theta, phi (radians)."""
+    """Unit vector n (3,) from a spin vector (any finite length > 0) or from polar angles theta, phi (radians).
+
+    A concrete spin vector is normalised without overflow or underflow (it is scaled by its largest component
+    first), so ``spin=(1e200, 1e200, 0)`` points along (1, 1, 0) / sqrt2 instead of collapsing to zero. Refused
+    (:class:`~shibajax.errors.ImpurityError`): components or angles that are not finite real numbers (NaN, inf,
+    complex, strings), and the zero vector, even with J = 0 (for a non-magnetic impurity keep any direction and
+    set J = 0).
+    """
     if spin is not None and (theta is not None or phi is not None):
         raise ImpurityError("give the spin either as a vector (spin=) or as angles (theta=, phi=), not both")
     if spin is None:
+        for name, angle in (("theta", theta), ("phi", phi)):
+            if angle is not None:
+                check_real(f"spin angle {name}", angle, error=ImpurityError, hint=" (radians)")
         th = 0.0 if theta is None else theta
         ph = 0.0 if phi is None else phi
         return jnp.stack([jnp.sin(th) * jnp.cos(ph), jnp.sin(th) * jnp.sin(ph), jnp.cos(th) + 0.0 * ph])
+    check_real("spin", spin, error=ImpurityError, max_ndim=None, hint=" (a 3-vector (sx, sy, sz))")  # tracers pass
     n = jnp.asarray(spin, dtype=jnp.float64)
     if n.shape != (3,):
         raise ShapeError(f"spin must be a 3-vector (sx, sy, sz); got shape {n.shape}")
-    norm = jnp.linalg.norm(n)
-    if _concrete(norm) and not float(norm) > 0.0:
+    if not _concrete(n):
+        return n / jnp.linalg.norm(n)
+    host = np.asarray(n)
+    largest = float(np.max(np.abs(host)))
+    if not largest > 0.0:
         raise ImpurityError(
-            f"spin vector {np.asarray(n).tolist()} has zero length: a classical spin needs a direction. "
+            f"spin vector {host.tolist()} has zero length: a classical spin needs a direction. "
             "For a non-magnetic impurity set J = 0 and keep any spin direction"
         )
+    norm = jnp.linalg.norm(n)
+    if not (np.isfinite(float(norm)) and float(norm) > 1e-150):  # |n|^2 overflowed or underflowed: scale first
+        scaled = n / largest
+        return scaled / jnp.linalg.norm(scaled)
     return n / norm
 
 
@@ -59,20 +89,24 @@ class Channel:
     def __init__(self, K=0.0, J=0.0, orbitals: int | Sequence[int] | None = None):
         if orbitals is not None:
             orbitals = (orbitals,) if np.ndim(orbitals) == 0 else tuple(orbitals)
+            if not orbitals:
+                raise ImpurityError("orbitals = () of a channel is empty: give at least one orbital index (None: all)")
             for o in orbitals:
-                if int(o) != o:
-                    raise ImpurityError(f"orbital index {o!r} must be an integer")
+                if not _is_index(o):
+                    raise ImpurityError(
+                        f"orbital index {o!r} must be an integer (orbitals: an index or a list of them)"
+                    )
             orbitals = tuple(int(o) for o in orbitals)
             if len(set(orbitals)) != len(orbitals):
                 raise ImpurityError(f"orbitals {orbitals} of a channel repeat an index")
+        for name, v in (("K", K), ("J", J)):
+            check_real(f"channel {name}", v, error=ImpurityError, max_ndim=None, hint=" (energy units)")
         self.K = jnp.asarray(K, dtype=jnp.float64)
         self.J = jnp.asarray(J, dtype=jnp.float64)
         self.orbitals = orbitals
         for name, v in (("K", self.K), ("J", self.J)):
             if v.shape != ():
                 raise ShapeError(f"channel {name} must be a scalar; got shape {v.shape}")
-            if _concrete(v) and not np.isfinite(float(v)):
-                raise ImpurityError(f"channel {name} = {float(v)} is not finite")
 
     def __repr__(self) -> str:
         return f"Channel(K={self.K}, J={self.J}, orbitals={self.orbitals})"
@@ -98,10 +132,16 @@ class Impurity:
         site: integer lattice coordinates of the impurity's cell, e.g. (0, 0).
         K: potential scattering (single-channel form; energy units).
         J: exchange, the "J S/2" of the literature (single-channel form; energy units).
-        spin: direction of the classical spin (any nonzero 3-vector; normalised), default +z.
+        spin: direction of the classical spin (any finite nonzero 3-vector; normalised), default +z.
         theta, phi: polar and azimuthal angle of the spin (radians), instead of ``spin``.
         orbitals: orbitals of the single channel (default: all orbitals of the cell).
         channels: a sequence of :class:`Channel` (multi-channel form; then K, J, orbitals are not given).
+
+    K, J, the spin and the angles must be finite real numbers (else :class:`~shibajax.errors.ImpurityError`
+    naming the parameter); tracers (jit / vmap) are not checked. On a uniform ``kgrid`` the solvers refuse
+    impurities farther apart along an axis than half the grid, ``|d_i| > L_i / 2``: on that grid's periodic
+    lattice they would interact through the closer periodic image (:func:`check_separations`; a
+    :class:`~shibajax.brillouin_zone.KMesh` has no periodic image and is not checked).
 
     Example:
         >>> import shibajax
@@ -111,6 +151,7 @@ class Impurity:
     """
 
     def __init__(self, site, K=None, J=None, spin=None, *, theta=None, phi=None, orbitals=None, channels=None):
+        check_real("impurity site", site, error=ImpurityError, max_ndim=1, hint=" (integer lattice coordinates)")
         site_arr = np.asarray(site)
         if site_arr.ndim != 1 or not np.all(np.isfinite(site_arr)) or not np.all(np.equal(np.mod(site_arr, 1), 0)):
             raise ImpurityError(
@@ -132,6 +173,8 @@ class Impurity:
     @classmethod
     def per_orbital(cls, site, K, J, spin=None, *, theta=None, phi=None, orbitals=None) -> Impurity:
         """One channel per orbital: K[i], J[i] act on orbital orbitals[i] (default 0, 1, ...)."""
+        for name, value in (("K", K), ("J", J)):
+            check_real(f"per-orbital {name}", value, error=ImpurityError, max_ndim=1, hint=" (one per orbital)")
         K = np.atleast_1d(K) if _concrete(K) else K
         J = np.atleast_1d(J) if _concrete(J) else J
         if len(K) != len(J):

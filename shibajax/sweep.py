@@ -168,7 +168,7 @@ def resolve_config(config: dict | None = None) -> dict:
     if not isinstance(imp_in, dict):
         raise SweepConfigError(f"impurity must be a table; got {imp_in!r}")
     kind = imp_in.get("kind", "dimer")
-    if kind not in KIND_DEFAULTS:
+    if not isinstance(kind, str) or kind not in KIND_DEFAULTS:
         raise SweepConfigError(f"impurity.kind must be one of {', '.join(KIND_DEFAULTS)}; got {kind!r}")
     imp = {"kind": kind, "K": DEFAULTS["impurity"]["K"], "J": DEFAULTS["impurity"]["J"], **KIND_DEFAULTS[kind]}
     check_keys(imp_in, imp, "impurity")
@@ -324,7 +324,14 @@ def _empty_dataset(grid: _Grid, n_state: int):
         "multiplicity": (dims + ("state",), full(0, np.int32, (n_state,)), {"units": "1"}),
         "n_states": (dims, full(0, np.int32), {"units": "1", "long_name": "bound states found (with multiplicity)"}),
         "gap_edge": (dims, full(np.nan, np.float64), {"units": ENERGY_UNIT}),
-        "has_gap": (dims, full(False, bool), {"long_name": "the model has a full gap on the k-grid"}),
+        "has_gap": (
+            dims,
+            full(False, bool),
+            {
+                "long_name": "the host (infinite lattice) has a full gap: False for delta = 0 and for nodes on the "
+                "Fermi surface, even where the k-grid misses them (then no states)"
+            },
+        ),
         "converged": (dims, full(False, bool), {"long_name": "every root met the tolerance"}),
         "done": (dims, full(False, bool), {"long_name": "the point has been computed"}),
     }
@@ -386,6 +393,55 @@ def _write_atomic(ds, path: Path) -> None:
             tmp.unlink()
 
 
+_STATE = ("energy", "multiplicity", "n_states", "gap_edge", "has_gap", "converged", "done")
+
+
+def _initial_dataset(path: Path, grid: _Grid, config_json: str, writer: bool):
+    """The dataset to fill: the partial file to resume (its config checked) or a new empty one, written at once.
+
+    Only process 0 (the writer) touches the file. In a multi-process run (``jax.distributed``) it then broadcasts
+    its state (the ``done`` mask and every result so far) to the other processes, so that all of them split the
+    remaining points identically and no process needs to see the file (nor a shared file system), and an error
+    of process 0 (a foreign or unreadable file, an unwritable folder) stops every process instead of leaving the
+    others waiting in a collective.
+    """
+    error = None
+    ds = None
+    if writer:
+        try:
+            if path.exists():
+                ds = _open_existing(path, config_json)
+            else:
+                ds = _empty_dataset(grid, grid.n_states())
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomic(ds, path)
+        except (OSError, SweepConfigError) as err:
+            error = err
+    if jax.process_count() == 1:
+        if error is not None:
+            if isinstance(error, OSError):
+                raise SweepConfigError(f"cannot write the sweep file {str(path)!r}: {error}") from error
+            raise error
+        return ds
+    from jax.experimental import multihost_utils
+
+    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if failed:
+        if error is not None and not isinstance(error, OSError):
+            raise error
+        raise SweepConfigError(
+            f"process 0 could not open or create the sweep file {str(path)!r}"
+            + (f": {error}" if error is not None else "; its error message says why")
+        )
+    if ds is None:
+        ds = _empty_dataset(grid, grid.n_states())
+    state = {name: np.asarray(ds[name].values, np.float64) for name in _STATE}
+    state = multihost_utils.broadcast_one_to_all(state)
+    for name in _STATE:
+        ds[name].values[...] = np.asarray(state[name]).astype(ds[name].dtype)
+    return ds
+
+
 def _sharded(host: np.ndarray, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -423,14 +479,7 @@ def run_sweep(config: dict, out_path, *, chunk: int = DEFAULT_CHUNK, progress: b
         raise SweepConfigError(f"output path {str(path)!r} is a folder; give a file name such as sweep.nc")
     writer = jax.process_index() == 0
     grid = _Grid(cfg)
-    config_json = _config_json(cfg)
-    if path.exists():
-        ds = _open_existing(path, config_json)
-    else:
-        ds = _empty_dataset(grid, grid.n_states())
-        if writer:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(ds, path)
+    ds = _initial_dataset(path, grid, _config_json(cfg), writer)
     n_state = ds.sizes["state"]
     done_flat = ds["done"].values.reshape(-1).copy()
     columns = {
@@ -506,11 +555,38 @@ def summary(ds, path, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def output_path(config_path, out_path=None) -> Path:
+    """Where ``shibajax sweep CONFIG [--out FILE]`` writes: FILE, or CONFIG's stem + ``.nc`` here."""
+    return Path(out_path) if out_path is not None else Path(Path(config_path).stem + ".nc")
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Join a multi-process run (``jax.distributed.initialize``); call before any other JAX work.
+
+    On SLURM, Open MPI or Kubernetes the three arguments may be None (JAX detects them); elsewhere give them (or
+    set ``JAX_COORDINATOR_ADDRESS``). CPU processes exchange results through gloo, JAX's CPU collectives.
+    """
+    if num_processes is not None and num_processes < 1:
+        raise SweepConfigError(f"--num-processes must be a positive integer; got {num_processes}")
+    if process_id is not None and (process_id < 0 or (num_processes is not None and process_id >= num_processes)):
+        raise SweepConfigError(f"--process-id must be in 0 .. num_processes - 1; got {process_id}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+    except (RuntimeError, ValueError) as err:
+        raise SweepConfigError(
+            f"cannot join the multi-process run ({err}); outside SLURM/Open MPI/Kubernetes give --coordinator "
+            "HOST:PORT, --num-processes and --process-id"
+        ) from err
+
+
 def run_from_file(config_path, out_path=None, *, chunk: int = DEFAULT_CHUNK, progress: bool = True):
     """Load a TOML config and run :func:`run_sweep`; returns (dataset, out_path, seconds)."""
     config = load_config(config_path)
     resolve_config(config)  # check before any work
-    out = Path(out_path) if out_path is not None else Path(Path(config_path).stem + ".nc")
+    out = output_path(config_path, out_path)
     start = time.perf_counter()
     ds = run_sweep(config, out, chunk=chunk, progress=progress)
     return ds, out, time.perf_counter() - start

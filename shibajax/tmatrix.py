@@ -18,16 +18,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shibajax import _precision  # noqa: F401
-from shibajax.brillouin_zone import validate_kgrid
+from shibajax import (
+    _linalg,
+    _precision,  # noqa: F401
+)
+from shibajax.brillouin_zone import COMPLEX_BYTES, REAL_BYTES, validate_kgrid
 from shibajax.errors import ShapeError
 from shibajax.greens_function import (
     bare_greens_sum,
     complex_energies,
-    green_chunk_size,
+    in_energy_blocks,
+    plan_energy_blocks,
     validate_displacements,
 )
-from shibajax.impurities import impurity_potential
+from shibajax.impurities import check_real, check_separations, impurity_potential
 from shibajax.models.tight_binding import TightBindingModel
 from shibajax.nambu import SIGMA, SIGMA_0
 
@@ -56,7 +60,7 @@ def block_matrix(g: jax.Array, index: np.ndarray) -> jax.Array:
 def t_matrix(potential: jax.Array, g_imp: jax.Array) -> jax.Array:
     """T = [1 - V G]^-1 V; potential (R, R), g_imp (..., R, R) -> (..., R, R)."""
     eye = jnp.eye(potential.shape[-1], dtype=jnp.complex128)
-    return jnp.linalg.solve(eye - potential @ g_imp, jnp.broadcast_to(potential, g_imp.shape))
+    return _linalg.solve(eye - potential @ g_imp, jnp.broadcast_to(potential, g_imp.shape))
 
 
 @partial(jax.jit, static_argnames=("kgrid", "chunk_size"))
@@ -76,7 +80,7 @@ def _dressed_greens(model, potential, disp, idx_imp, idx_left, idx_right, idx_ba
     return bare + corr
 
 
-def _prepare(model, impurities, positions, positions_prime, diagonal_only=False):
+def _prepare(model, impurities, positions, positions_prime, diagonal_only=False, kgrid=None):
     """Unique displacements of a G(r, r') evaluation and the index arrays into them.
 
     With diagonal_only, positions_prime must equal positions and only r = r' is needed (the LDOS), so the
@@ -88,6 +92,7 @@ def _prepare(model, impurities, positions, positions_prime, diagonal_only=False)
         sites, potential = np.zeros((0, model.dim), np.int64), jnp.zeros((0, 0), jnp.complex128)
     else:
         sites, potential = impurity_potential(impurities, model)
+    check_separations(sites, kgrid)
     d_imp = sites[:, None, :] - sites[None, :, :]
     d_left = pos[:, None, :] - sites[None, :, :]
     d_right = sites[:, None, :] - pos_p[None, :, :]
@@ -116,15 +121,31 @@ def greens_function_with_impurities(
         kgrid: grid per dimension.
 
     Returns:
-        (n_E, n_a, n_b, M, M) complex128, M = 4 n_orb.
+        (n_E, n_a, n_b, M, M) complex128, M = 4 n_orb (long energy grids summed in blocks, same result).
+
+    Raises:
+        MemoryLimitError: the result (or one block of energies) does not fit in memory.
     """
     kgrid = validate_kgrid(kgrid, model.dim)
     z = complex_energies(energies, eta)
-    potential, disp, i_imp, i_left, i_right, i_bare = _prepare(model, impurities, positions, positions_prime)
-    if chunk_size is None:
-        chunk_size = green_chunk_size(model, kgrid, z.shape[0], disp.shape[0])
-    return _dressed_greens(
-        model, potential, disp, i_imp, i_left, i_right, i_bare, z, kgrid=kgrid, chunk_size=int(chunk_size)
+    potential, disp, i_imp, i_left, i_right, i_bare = _prepare(
+        model, impurities, positions, positions_prime, kgrid=kgrid
+    )
+    m, r = model.nambu_dim, potential.shape[0]
+    n_a, n_b = i_bare.shape
+    out = n_a * n_b * m * m  # per energy; the T-matrix products below hold each a few times
+    plan = plan_energy_blocks(
+        model, kgrid, z.shape[0], disp.shape[0], chunk_size=chunk_size,
+        what=f"greens_function_with_impurities ({n_a} x {n_b} positions, {r // m} impurity sites)",
+        per_energy=COMPLEX_BYTES * (3 * r * r + 2 * n_a * m * r + r * n_b * m + 4 * out),
+        outputs=COMPLEX_BYTES * z.shape[0] * out,
+    )  # fmt: skip
+    return in_energy_blocks(
+        lambda zb: _dressed_greens(
+            model, potential, disp, i_imp, i_left, i_right, i_bare, zb, kgrid=kgrid, chunk_size=plan.chunk_size
+        ),
+        z,
+        plan.size,
     )
 
 
@@ -175,7 +196,12 @@ def ldos(
         spin_axis: axis of the spin resolution (normalised).
 
     Returns:
-        :class:`LDOS` with arrays of shape (n_E, n_pos).
+        :class:`LDOS` with arrays of shape (n_E, n_pos). Long energy grids are summed in blocks of energies
+        (each block its own k-sum, intermediates under 1 GiB and the memory limit), with the same result.
+
+    Raises:
+        MemoryLimitError: the k-grid, or one block of energies, does not fit in memory
+            (:func:`~shibajax.brillouin_zone.memory_limit`, ``SHIBAJAX_MEMORY_LIMIT_GB``).
 
     Example:
         >>> import shibajax
@@ -186,6 +212,7 @@ def ldos(
     """
     if eta is None:
         raise ShapeError("the LDOS needs a broadening eta > 0")
+    check_real("spin_axis", spin_axis, error=ShapeError, max_ndim=1, hint=" (a nonzero 3-vector)")
     axis = np.asarray(spin_axis, dtype=float)
     if axis.shape != (3,) or not np.linalg.norm(axis) > 0:
         raise ShapeError(f"spin_axis {spin_axis!r} must be a nonzero 3-vector")
@@ -193,22 +220,26 @@ def ldos(
     pos = validate_displacements(positions, model.dim, "positions")
     kgrid = validate_kgrid(kgrid, model.dim)
     z = complex_energies(energies, eta)
-    potential, disp, i_imp, i_left, i_right, i_bare = _prepare(model, impurities, pos, pos, diagonal_only=True)
-    if chunk_size is None:
-        chunk_size = green_chunk_size(model, kgrid, z.shape[0], disp.shape[0])
-    electron, hole, up, down, orb = _ldos_core(
-        model,
-        potential,
-        disp,
-        i_imp,
-        i_left,
-        i_right,
-        i_bare[:, 0],
-        z,
-        jnp.asarray(axis),
-        kgrid=kgrid,
-        chunk_size=int(chunk_size),
+    potential, disp, i_imp, i_left, i_right, i_bare = _prepare(
+        model, impurities, pos, pos, diagonal_only=True, kgrid=kgrid
     )
+    m, r, n_a, n_i = model.nambu_dim, potential.shape[0], pos.shape[0], i_left.shape[1]
+    n_out = (4 + model.n_orb) * n_a  # real outputs per energy
+    plan = plan_energy_blocks(
+        model, kgrid, z.shape[0], disp.shape[0], chunk_size=chunk_size,
+        what=f"ldos at {n_a} positions with {n_i} impurity site(s)",
+        per_energy=COMPLEX_BYTES * (4 * n_a * n_i * m * m + 3 * r * r + n_a * m * r + 2 * n_a * m * m)
+        + REAL_BYTES * n_out,
+        outputs=REAL_BYTES * z.shape[0] * n_out,
+    )  # fmt: skip
+    electron, hole, up, down, orb = in_energy_blocks(
+        lambda zb: _ldos_core(
+            model, potential, disp, i_imp, i_left, i_right, i_bare[:, 0], zb, jnp.asarray(axis),
+            kgrid=kgrid, chunk_size=plan.chunk_size,
+        ),
+        z,
+        plan.size,
+    )  # fmt: skip
     return LDOS(np.asarray(z.real), pos, electron, hole, up, down, orb, axis)
 
 

@@ -72,8 +72,9 @@ def _ed_with_channels(L, t, mu, alpha, delta, sites, f, channels, spin):
 @pytest.mark.parametrize("alpha", [0.0, 0.4])
 def test_orbital_channels_match_exact_diagonalisation(alpha):
     """Five d channels of an adatom in a hollow site (non-local potential on ~60 sites): T-matrix energies equal
-    the in-gap eigenvalues of the 12 x 12 torus with that potential (1e-8 asked; ~1e-14 seen)."""
-    L, spin = 12, (0.3, 0.0, 1.0)
+    the in-gap eigenvalues of the 18 x 18 torus with that potential (1e-8 asked; ~1e-14 seen). 18: the cluster
+    spans 9 sites, and a grid must be at least twice the span (no pair of sites closer through the periodic image)."""
+    L, spin = 18, (0.3, 0.0, 1.0)
     model = shibajax.models.square(t=1.0, mu=-1.0, delta=0.3, rashba=alpha)
     ad = Adatom((0.5, 0.5), height=0.4, extent=0.7, channels=FIVE, spin=spin)
     sites, f = ad.form_factors(model)
@@ -87,8 +88,9 @@ def test_orbital_channels_match_exact_diagonalisation(alpha):
 
 
 def test_overlapping_adatoms_add_their_potentials():
-    """Two adatoms whose clusters share sites: the potential is the sum, and ED of the summed potential agrees."""
-    L = 12
+    """Two adatoms whose clusters share sites: the potential is the sum, and ED of the summed potential agrees
+    (16 x 16: the two clusters together span 8 sites)."""
+    L = 16
     model = shibajax.models.square(t=1.0, mu=-1.0, delta=0.3)
     a = Adatom((0.5, 0.5), height=0.3, extent=0.6, channels=[OrbitalChannel("dz2", J=2.0)], spin=(0, 0, 1))
     b = Adatom((1.5, 0.5), height=0.3, extent=0.6, channels=[OrbitalChannel("dxz", J=1.6)], spin=(0, 0, -1))

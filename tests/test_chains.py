@@ -123,7 +123,7 @@ def test_majorana_number():
 def test_finite_chain_end_states_follow_the_majorana_number():
     """Topological: lowest |E| decays exponentially with N; trivial: it stays near 0.28."""
     model = shibajax.models.square(**TOPO)
-    grid = 56
+    grid = 64  # at least twice the longest chain (31 sites): its ends must not meet through the periodic image
     lowest = {}
     for j, sizes in ((J_TOPO, (16, 24, 32)), (J_TRIVIAL, (24, 32))):
         for n in sizes:

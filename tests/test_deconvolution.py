@@ -9,6 +9,7 @@ PRL 117, 186801 (2016)): 1.1, 0.9, 0.62, 0.45, 0.125 meV inside Delta = 1.35 meV
 from __future__ import annotations
 
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,13 @@ from scipy.signal import find_peaks
 
 import shibajax  # noqa: F401  (float64)
 from shibajax.errors import DeconvolutionError
-from shibajax.measurement.deconvolution import _smoothness, calibrate_tip, deconvolve, regularised_solve
+from shibajax.measurement.deconvolution import (
+    CalibrationWarning,
+    _smoothness,
+    calibrate_tip,
+    deconvolve,
+    regularised_solve,
+)
 from shibajax.measurement.dos import DynesDOS, MultiGapDOS, NormalDOS
 from shibajax.measurement.tunnelling import didv, didv_kernel
 
@@ -126,20 +133,31 @@ def test_calibrate_pb_tip_on_two_gap_pb():
     )
     noise = 0.005 * truth["scale"]
     data = clean + noise * np.random.default_rng(2).standard_normal(bias.size)
-    cal = calibrate_tip(
-        bias,
-        data,
-        sample=sample,
-        lockin_rms=RMS,
-        fit=("delta", "gamma", "temperature", "scale", "offset"),
-        init={"delta": 1.4, "gamma": 0.04, "temperature": 1.0},
-    )
-    print("calibration:", cal.params, cal.errors, cal.residual_rms)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)  # the model fits: no misfit warning
+        cal = calibrate_tip(
+            bias,
+            data,
+            sample=sample,
+            lockin_rms=RMS,
+            fit=("delta", "gamma", "temperature", "scale", "offset"),
+            init={"delta": 1.4, "gamma": 0.04, "temperature": 1.0},
+        )
+    print("calibration:", cal.params, cal.errors, cal.residual_rms, cal.chi2_red, cal.noise, cal.error_inflation)
     assert cal.success
     for name, value in truth.items():
         assert abs(cal.params[name] - value) < 4 * cal.errors[name], (name, cal.params[name], cal.errors[name])
     assert abs(cal.residual_rms / noise - 1) < 0.15
-    assert np.isnan(calibrate_tip(bias, data, sample=sample, lockin_rms=RMS, fit=("scale",)).errors["delta"])
+    # chi^2_red against the data's point-to-point noise: ~1 for a model that fits (the estimate reads ~25 % high on
+    # these sharp SIS peaks, so chi^2_red ~0.6); the errors are not inflated (independent residuals)
+    assert 0.3 < cal.chi2_red < 2 and cal.error_inflation < 1.5
+    # issue 12: Delta held at 1.35 meV (truth 1.31): the model misses the data, chi^2_red >> 1 says so, and the
+    # scale's error carries the misfit (covariance scaled by chi^2_red, inflated for the correlated residuals)
+    with pytest.warns(CalibrationWarning, match=r"misses the data: chi\^2_red = .*statistical only"):
+        held = calibrate_tip(bias, data, sample=sample, lockin_rms=RMS, fit=("scale",))
+    assert np.isnan(held.errors["delta"])
+    assert held.chi2_red > 100 and held.error_inflation > 2
+    assert held.errors["scale"] > 10 * cal.errors["scale"]
 
 
 @pytest.mark.parametrize(
@@ -161,8 +179,8 @@ def test_calibration_errors(kwargs, match):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"regularisation": "lcurve"}, "'gcv' or a number"),
-        ({"regularisation": -1.0}, "'gcv' or a number"),
+        ({"regularisation": "lcurv"}, "use one of .*'gcv', 'lcurve', 'discrepancy'.* or a number"),
+        ({"regularisation": -1.0}, "use one of .* or a number"),
         ({"ridge": 0.0}, "ridge"),
         ({"didv_measured": np.array([1.0, np.nan, 1, 1, 1, 1, 1, 1, 1, 1, 1])}, "finite"),
     ],

@@ -15,6 +15,7 @@ import pytest
 from shared_data import REALDATA
 
 import shibajax
+from shibajax.errors import FitError
 from shibajax.fitting import Dataset, Problem, SpectrumModel, coupling_basis, fit, green_blocks
 from shibajax.fitting.optimise import multistart
 
@@ -102,11 +103,12 @@ def test_interrupted_multistart_resumes_from_its_checkpoint(tmp_path):
     np.testing.assert_array_equal(resumed.loss[:2], [-1.0, -1.0])
     np.testing.assert_allclose(resumed.loss[2:], full.loss[2:], rtol=1e-12)
     np.testing.assert_allclose(resumed.u[2:], full.u[2:], rtol=1e-12)
-    # other starts: the checkpoint is not theirs, so everything runs
-    fresh = multistart(problem.loss, starts[:4], block=2, checkpoint=path, progress=False, max_iter=60)
-    np.testing.assert_allclose(fresh.loss, full.loss[:4], rtol=1e-12)
+    # other starts: the checkpoint is not theirs, so it is refused (never silently reused or overwritten)
+    with pytest.raises(FitError, match="start points differ"):
+        multistart(problem.loss, starts[:4], block=2, checkpoint=path, progress=False, max_iter=60)
 
 
+@pytest.mark.realdata
 def test_cli_fit_of_the_measured_mnpc_spectrum(tmp_path):
     """``shibajax fit`` on the MnPc spectrum (a small Fermi-shell mesh and two starts: a smoke run of the whole
     command): report JSON with values, errors and the reduced chi^2, a plot, a checkpoint; K < 0 < J as in

@@ -11,13 +11,18 @@ import pytest
 matplotlib.use("Agg")
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+REALDATA_NOTEBOOKS = {"04_fitting.ipynb"}  # read the measured spectra (shibajax.data.realdata_dir)
 
 
 def test_there_are_notebooks():
     assert NOTEBOOKS
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.realdata) if p.name in REALDATA_NOTEBOOKS else p for p in NOTEBOOKS],
+    ids=lambda p: p.name,
+)
 def test_notebook_runs(path):
     import matplotlib.pyplot as plt
 

@@ -17,6 +17,7 @@ import xarray as xr
 from shibajax.errors import DataFileError, ShibajaxError
 from shibajax.measurement.readers import header_of, read_grid, read_spectrum, sort_by_bias, write_spectrum_csv
 
+pytestmark = pytest.mark.realdata  # every test but a few reads the measured files (conftest.py)
 DATA = shared_data.REALDATA
 MNPC = "spectrafox_MnPc-Pb111_Spec001.dat"
 BARE_PB = "spectrafox_MnPc-Pb111_grid1_001_bare-Pb.dat"
@@ -54,7 +55,8 @@ METADATA = {
     },
     SIS: {
         "temperature_K": NAN,  # no temperature anywhere in the header
-        "lockin_amplitude_V": NAN,  # only Comment06 "Vrms =10mVrms", before a 5.21e-3 divider, not at the sample
+        # Comment06 "Vrms =10mVrms" is the lock-in output: x the divider Bias>Calibration (V/V) 5.21E-3 at the sample
+        "lockin_amplitude_V": 10e-3 * 5.21e-3,
         "lockin_frequency_Hz": NAN,  # not stated
         "setpoint_bias_V": 5e-3,  # Bias>Bias (V)	5E-3
         "setpoint_current_A": 200e-12,  # Z-Controller>Setpoint	200E-12
@@ -114,7 +116,14 @@ def _last_digit(x: np.ndarray) -> np.ndarray:
 
 def test_every_realdata_file_is_covered():
     on_disk = {p.name for p in DATA.iterdir() if p.name != "MANIFEST.md"}
-    assert on_disk == {*SPECTRA, GRID}
+    assert on_disk == {*SPECTRA, GRID, "mnpc_grid1"}
+    # mnpc_grid1/: 50 spectra of the MnPc grid, same session and header as BARE_PB (MANIFEST.md)
+    grid_files = sorted((DATA / "mnpc_grid1").iterdir())
+    assert [p.name for p in grid_files] == [f"MnPc-grid1_{k:03d}.dat" for k in range(1, 51)]
+    for path in grid_files[:: len(grid_files) - 1]:  # the first and the last: the format is the same throughout
+        ds = read_spectrum(path)
+        assert ds.bias.size == 2000 and ds.attrs["didv_channel"] == "X% LockIn (V)"
+        assert (ds.attrs["temperature_K"], ds.attrs["lockin_amplitude_V"]) == (1.06, 50e-6)
 
 
 @pytest.mark.parametrize("name", SPECTRA)

@@ -36,14 +36,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shibajax.bound_states import DEGENERACY_TOL, ROOT_TOL, check_pairing, energies_of_potential
-from shibajax.brillouin_zone import default_chunk_size, n_points, validate_kgrid
+from shibajax import _linalg
+from shibajax.bound_states import DEGENERACY_TOL, ROOT_TOL, energies_of_potential, require_gap
+from shibajax.brillouin_zone import check_memory, default_chunk_size, n_points, validate_kgrid
 from shibajax.errors import FitError
 from shibajax.fitting.parameters import ParameterSpace
 from shibajax.fitting.spectrum import Couplings
-from shibajax.greens_function import bare_greens_sum, chunk_elements_per_k
+from shibajax.greens_function import bare_greens_sum, chunk_elements_per_k, green_sum_bytes
 from shibajax.models.tight_binding import TightBindingModel
 from shibajax.tmatrix import block_matrix, unique_displacements
+
+#: Relative singular-value threshold for the channel spaces of :meth:`ShibaEnergies.channel_weights`: a coupling
+#: direction below it is rounding (the coupling matrices are built in float64 from normalised form factors, so
+#: genuine directions sit at O(1)), and stacked channel vectors with a singular value below it are linearly
+#: dependent within rounding of the geometry.
+CHANNEL_RANK_TOL = 1e-8
 
 
 def level_clusters(energies: jax.Array, tol) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -94,7 +101,7 @@ def level_derivatives(
     num = jnp.where(pair, jnp.einsum("ir,rs,js->ij", phi.conj(), dv, phi), 0.0)
     metric = jnp.where(pair, jnp.einsum("ir,irs,js->ij", u.conj(), g2, u), jnp.eye(n))
     # Cholesky keeps the exact zeros between blocks, so C = L^-1 N L^-dagger is block diagonal too
-    chol = jnp.linalg.cholesky(0.5 * (metric + metric.conj().T))
+    chol = _linalg.cholesky(0.5 * (metric + metric.conj().T))
     x = jax.scipy.linalg.solve_triangular(chol, num, lower=True)
     c = jax.scipy.linalg.solve_triangular(chol, x.conj().T, lower=True)
     c = 0.5 * (c + c.conj().T)
@@ -102,7 +109,7 @@ def level_derivatives(
     # ||C||_F bounds every block's spectral radius: blocks shifted by 3 ||C||_F never overlap. A device, not a
     # function of theta: no derivative through it (the norm's derivative is singular at C = 0).
     offset = level * 3.0 * jax.lax.stop_gradient(jnp.linalg.norm(c))
-    return jnp.where(active, jnp.linalg.eigvalsh(c + jnp.diag(offset)) - offset, 0.0)
+    return jnp.where(active, _linalg.eigvalsh(c + jnp.diag(offset)) - offset, 0.0)
 
 
 class _Perturbation(NamedTuple):
@@ -142,6 +149,10 @@ class ShibaEnergies:
         model: the host (with a gap); couplings: :class:`~shibajax.fitting.Couplings`; kgrid: k-grid (tuple)
             or :class:`~shibajax.brillouin_zone.KMesh`.
 
+    Raises:
+        NoGapError: the host has no full gap (Delta = 0, or a nodal gap such as d-wave, even where the grid misses
+            the nodes: :func:`~shibajax.bound_states.require_gap`): it has no Shiba energies to fit.
+
     Example:
         >>> import jax, shibajax
         >>> from shibajax.fitting import coupling_basis, ShibaEnergies
@@ -153,16 +164,25 @@ class ShibaEnergies:
     """
 
     def __init__(self, model: TightBindingModel, couplings: Couplings, *, kgrid, tol: float = ROOT_TOL):
-        check_pairing(model)
+        self.kgrid = validate_kgrid(kgrid, model.dim)
+        # Shiba energies of a gapless host (Delta = 0, or nodes on the Fermi surface that the grid may miss) are
+        # not reported: NoGapError here (a spectrum of such a host can still be fitted, with green_blocks)
+        require_gap(model, self.kgrid)
         self.model = model
         self.couplings = couplings
-        self.kgrid = validate_kgrid(kgrid, model.dim)
         sites = couplings.sites
         self.disp, (self.idx_imp,) = unique_displacements(sites[:, None, :] - sites[None, :, :])
         m = model.nambu_dim
         r = couplings.basis.shape[-1]
         per_k = chunk_elements_per_k(m, r // 2 + 2, self.disp.shape[0], 2)
         self.chunk_size = int(default_chunk_size(n_points(self.kgrid), per_k))
+        # the largest sum: G0 and G0^2 at every root (r of them) for the derivatives, before compiling it
+        check_memory(
+            green_sum_bytes(m, self.kgrid, model.dim, self.chunk_size, r, self.disp.shape[0], 2),
+            f"ShibaEnergies ({sites.shape[0]} impurity sites, {r} channel directions, "
+            f"{n_points(self.kgrid):.3g} k-points)",
+            "Use a smaller k-grid or fewer impurity sites",
+        )
         self.tol = float(tol)
         self._fn = self._build()
         self._g0_at = {}  # energy -> G0 (R, R) between the impurities: couplings_at's one BZ sum per energy
@@ -192,7 +212,7 @@ class ShibaEnergies:
         )  # fmt: skip
         g1, g2 = block_matrix(g1, self.idx_imp), block_matrix(g2, self.idx_imp)
         eye = jnp.eye(v.shape[0], dtype=jnp.complex128)
-        _, _, vh = jnp.linalg.svd(eye - v @ g1)
+        _, _, vh = _linalg.svd(eye - v @ g1)
         # one decomposition per level (its first root's), so that the level's vectors are orthonormal
         g1, g2, vh = g1[first], g2[first], vh[first]
         column = v.shape[0] - size + rank  # singular values descend: the level's m smallest are the last m
@@ -287,19 +307,65 @@ class ShibaEnergies:
         return self._g0_at[energy]
 
     def channel_weights(self, theta, energies) -> np.ndarray:
-        """(n, n_channels) weight of each level's impurity amplitude chi = V G0 u ~ u on each channel's
-        orbitals (normalised to 1 per level): which channel makes which peak."""
+        """(n, n_channels) weight of each level on each channel (channels sorted by name, as in
+        :meth:`EnergyProblem.assignment`), normalised to 1 per level: which channel makes which peak.
+
+        The level's impurity amplitude u (1 - V G0 u = 0, so u = V G0 u lies in the span of the channels'
+        coupling vectors) is written as u = sum_c Q_c a_c, with Q_c an orthonormal basis of the range of
+        channel c's coupling matrices (its K and J on every site that shares the channel's name); the weight of
+        c is |a_c|^2, normalised. For channels on separate orbitals or sites this is the weight of u on their
+        orbitals. For orbital-shaped (adatom) channels, which share sites, Q_c are the channel's form-factor
+        vectors d_c: the weight is that of the channel, not of the sites. Channels that overlap without being
+        orthogonal (d_z2 and d_x2-y2 in a C2v hollow) still decompose u uniquely; then the weights, each
+        |Q_c a_c|^2, are normalised to 1 but no longer add up to |u|^2 before that.
+
+        Raises:
+            FitError: the channels' coupling vectors are linearly dependent (a channel is a combination of the
+                others, e.g. two channels of the same shape on the same adatom): the weights are not defined.
+        """
+        _, bases = self._channel_spaces()  # first: undefined weights fail before any BZ sum
         u, _, _ = self.null_vectors(jnp.asarray(theta, jnp.float64), jnp.asarray(energies))
         u = np.asarray(u)
+        stacked = np.concatenate(bases, axis=1)  # (R, sum r_c), full column rank (checked)
+        coeffs = np.linalg.lstsq(stacked, u.T, rcond=None)[0]  # (sum r_c, n)
+        edges = np.cumsum([0] + [b.shape[1] for b in bases])
+        w = np.stack([np.sum(np.abs(coeffs[a:b]) ** 2, axis=0) for a, b in zip(edges[:-1], edges[1:], strict=True)], 1)
+        return w / w.sum(1, keepdims=True)
+
+    def _channel_spaces(self) -> tuple[list[str], list[np.ndarray]]:
+        """Channel names (sorted) and, per channel, an orthonormal basis (R, r_c) of the range of its coupling
+        matrices; kept. Raises FitError when the channels' spaces are linearly dependent."""
+        if getattr(self, "_spaces", None) is not None:
+            return self._spaces
         basis = np.asarray(self.couplings.basis)
         names = self.couplings.names
         chans = sorted({n.split("_", 1)[1] for n in names})
-        masks = []
+        bases = []
         for c in chans:
             idx = [i for i, n in enumerate(names) if n.split("_", 1)[1] == c]
-            masks.append(np.any(np.abs(basis[idx]).sum(0) > 0, axis=0) | np.any(np.abs(basis[idx]).sum(0) > 0, axis=1))
-        w = np.stack([np.sum(np.abs(u[:, m]) ** 2, axis=1) for m in masks], axis=1)
-        return w / w.sum(1, keepdims=True)
+            q, sv, _ = np.linalg.svd(np.concatenate([basis[i] for i in idx], axis=1), full_matrices=False)
+            bases.append(q[:, sv > CHANNEL_RANK_TOL * max(float(sv[0]), 1e-300)])
+        stacked = np.concatenate(bases, axis=1)
+        sv = np.linalg.svd(stacked, compute_uv=False)
+        if stacked.shape[1] > stacked.shape[0] or sv[-1] < CHANNEL_RANK_TOL:
+            pairs = [
+                (a, b)
+                for i, a in enumerate(chans)
+                for j, b in enumerate(chans[i + 1 :], start=i + 1)
+                if np.linalg.norm(bases[i].conj().T @ bases[j], 2) > 1.0 - CHANNEL_RANK_TOL
+            ]
+            which = (
+                f"channels {pairs[0][0]!r} and {pairs[0][1]!r} share a coupling vector"
+                if pairs
+                else f"the coupling vectors of channels {chans} are linearly dependent"
+            )
+            raise FitError(
+                f"channel weights are not defined: {which} (smallest singular value {sv[-1]:.2g} of the channels' "
+                "stacked coupling vectors), so a state's amplitude cannot be split between them. Merge or drop one "
+                "of them, or give them distinct shapes or orbitals"
+            )
+        self._spaces = (chans, bases)
+        return self._spaces
 
 
 def positive_energies(energies: jax.Array, n: int, fill: float) -> jax.Array:

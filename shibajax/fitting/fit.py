@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -86,6 +87,9 @@ def fit(
     block: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
+    batch_iter: int | None = None,
+    on_batch=None,
+    checkpoint_key: dict | None = None,
     **options,
 ) -> FitResult:
     """Fit ``problem`` from ``n_starts`` random starts (first = the given start values).
@@ -95,9 +99,13 @@ def fit(
             ``loss_natural``, ``n_points`` and ``sigma_given``).
         n_starts, seed, spread: random starts, see :meth:`ParameterSpace.sample`; or ``starts`` (n, n_free)
             unconstrained.
-        method, block, checkpoint, progress, options: see :func:`~shibajax.fitting.optimise.multistart`;
-            "lm" (Levenberg-Marquardt) fits least-squares problems (``problem.residuals``), usually in far fewer
-            iterations than L-BFGS (benchmarks/README.md, "K/J fits").
+        method, block, checkpoint, progress, batch_iter, on_batch, options: see
+            :func:`~shibajax.fitting.optimise.multistart`; "lm" (Levenberg-Marquardt) fits least-squares problems
+            (``problem.residuals``), usually in far fewer iterations than L-BFGS (benchmarks/README.md, "K/J
+            fits"). The checkpoint is keyed on the problem (parameter spec, the hashes of every dataset's bias,
+            data and sigma, the objective's fingerprint), the starts, method and options: one written for
+            another fit is refused with a :class:`FitError` that names what differs.
+        checkpoint_key: more JSON-able entries for that key (``shibajax fit`` adds the data file and config).
 
     Returns:
         :class:`FitResult`.
@@ -105,9 +113,10 @@ def fit(
     space = problem.space
     if space.n_free == 0:
         raise FitError("nothing to fit: every parameter is fixed or tied")
-    if starts is None:
-        if n_starts < 1:
-            raise FitError(f"n_starts = {n_starts} must be >= 1")
+    sampled = starts is None
+    if sampled:
+        if not isinstance(n_starts, int | np.integer) or isinstance(n_starts, bool) or n_starts < 1:
+            raise FitError(f"n_starts = {n_starts!r} must be a positive integer")
         starts = space.sample(seed, n_starts, spread)
     objective = problem.loss
     if method == "lm":
@@ -115,7 +124,22 @@ def fit(
             kind = type(problem).__name__
             raise FitError(f"method 'lm' needs a least-squares problem with residuals; {kind} has none")
         objective = problem.residuals
-    ms = multistart(objective, starts, method=method, block=block, checkpoint=checkpoint, progress=progress, **options)
+    key = None
+    if checkpoint is not None:
+        key = dict(checkpoint_key or {})
+        key["fit"] = _problem_key(problem) | ({"n_starts": n_starts, "seed": seed, "spread": spread} if sampled else {})
+    ms = multistart(
+        objective,
+        starts,
+        method=method,
+        block=block,
+        checkpoint=checkpoint,
+        progress=progress,
+        batch_iter=batch_iter,
+        key=key,
+        on_batch=on_batch,
+        **options,
+    )
     if not np.isfinite(ms.loss).any():
         raise FitError("every start ended with a non-finite loss: check the data, bounds and start values")
     ib = ms.best
@@ -147,6 +171,36 @@ def fit(
         seconds=ms.seconds,
         u=ms.u[ib],
     )
+
+
+def _sha256(array) -> str:
+    a = np.ascontiguousarray(np.asarray(array, float))
+    return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def _problem_key(problem) -> dict:
+    """What of ``problem`` fixes a fit's result, for the checkpoint key: the parameter spec by name and, per
+    dataset, its name map, tip and the sha256 of its bias, data and sigma (the objective's own
+    fingerprint, added by multistart, covers the rest: G0 blocks, kernels, fixed values)."""
+    key = {
+        "parameters": {
+            name: {"value": p.value, "lower": p.lower, "upper": p.upper, "fixed": p.fixed, "tie": p.tie}
+            for name, p in problem.space.params.items()
+        }
+    }
+    datasets = getattr(problem, "datasets", None)
+    if datasets is not None:
+        key["datasets"] = [
+            {
+                "names": dict(getattr(ds, "names", {})),
+                "tip": str(getattr(getattr(ds, "model", None), "tip", "")),
+                "bias": {"sha256": _sha256(ds.bias)},
+                "data": {"sha256": _sha256(ds.data)},
+                "sigma": {"sha256": "none" if ds.sigma is None else _sha256(ds.sigma)},
+            }
+            for ds in datasets
+        ]
+    return key
 
 
 def write_report(result: FitResult, problem: Problem, path: str | os.PathLike, extra: dict | None = None) -> Path:

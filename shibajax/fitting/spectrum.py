@@ -24,10 +24,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from shibajax import _precision  # noqa: F401
-from shibajax.brillouin_zone import validate_kgrid
+from shibajax import (
+    _linalg,
+    _precision,  # noqa: F401
+)
+from shibajax.brillouin_zone import COMPLEX_BYTES, validate_kgrid
 from shibajax.errors import FitError
-from shibajax.greens_function import bare_greens_sum, complex_energies, green_chunk_size, validate_displacements
+from shibajax.greens_function import (
+    bare_greens_sum,
+    complex_energies,
+    in_energy_blocks,
+    plan_energy_blocks,
+    validate_displacements,
+)
 from shibajax.impurities import Channel, Impurity, impurity_potential
 from shibajax.models.tight_binding import TightBindingModel
 from shibajax.tmatrix import block_matrix, t_matrix, unique_displacements
@@ -151,7 +160,12 @@ def green_blocks(
         kgrid: k-grid per dimension.
 
     Returns:
-        :class:`GreenBlocks`; ``blocks.ldos(theta)`` equals ``shibajax.ldos(...).electron`` to rounding.
+        :class:`GreenBlocks`; ``blocks.ldos(theta)`` equals ``shibajax.ldos(...).electron`` to rounding. The host
+        may be gapless (a spectrum needs no gap). Long energy grids are summed in blocks of energies (same result).
+
+    Raises:
+        MemoryLimitError: the blocks (n_E (n_pos + 1) R^2 complex numbers, R = 4 n_orb n_imp) or one block of
+            energies of the k-sum do not fit in memory: use fewer energies or tip positions, or a smaller grid.
     """
     kgrid = validate_kgrid(kgrid, model.dim)
     pos = validate_displacements(positions, model.dim, "positions")
@@ -162,9 +176,20 @@ def green_blocks(
     d_right = sites[:, None, :] - pos[None, :, :]  # G0(r_j - r_p)
     d_zero = np.zeros((1, 1, model.dim), np.int64)
     disp, (i_imp, i_left, i_right, i_zero) = unique_displacements(d_imp, d_left, d_right, d_zero)
-    if chunk_size is None:
-        chunk_size = green_chunk_size(model, kgrid, z.shape[0], disp.shape[0])
-    g_imp, weights, bare = _blocks(model, disp, z, i_imp, i_left, i_right, int(i_zero[0, 0]), kgrid, int(chunk_size))
+    m, n_pos, n_imp = model.nambu_dim, pos.shape[0], sites.shape[0]
+    r, ne = n_imp * m, 2 * model.n_orb
+    out = r * r * (n_pos + 1) + n_pos  # per energy: g_imp, weights, bare
+    plan = plan_energy_blocks(
+        model, kgrid, z.shape[0], disp.shape[0], chunk_size=chunk_size,
+        what=f"green_blocks at {n_pos} tip positions with {n_imp} impurity site(s)",
+        per_energy=COMPLEX_BYTES * (4 * n_pos * n_imp * ne * m + 2 * out),
+        outputs=COMPLEX_BYTES * z.shape[0] * out,
+    )  # fmt: skip
+    g_imp, weights, bare = in_energy_blocks(
+        lambda zb: _blocks(model, disp, zb, i_imp, i_left, i_right, int(i_zero[0, 0]), kgrid, plan.chunk_size),
+        z,
+        plan.size,
+    )
     return GreenBlocks(np.asarray(z.real), float(eta), g_imp, weights, bare, pos, couplings)
 
 
@@ -213,7 +238,7 @@ def _t_matrix_trace_jvp(primals, tangents):
     v, g, w = primals
     dv, dg, dw = (None if isinstance(t, SymbolicZero) else t for t in tangents)
     eye = jnp.eye(v.shape[-1], dtype=jnp.complex128)
-    a_inv = jnp.linalg.inv(eye - v @ g)  # (n_E, R, R)
+    a_inv = _linalg.inv(eye - v @ g)  # (n_E, R, R)
     tm = a_inv @ v
     w_a = jnp.einsum("zpst,ztr->zpsr", w, a_inv)  # W_p A^-1
     out = jnp.einsum("zrs,zpsr->zp", tm, w)

@@ -52,7 +52,12 @@ class Spectrum:
     header: list[tuple[str, str]]
     format: str
     metadata: dict[str, float | str] = field(default_factory=dict)
+    header_lines: list[int] = field(default_factory=list)  # 1-based file line of each header entry
 
+
+
+#: Largest grid (as float64 in memory) that read_grid allocates; a header asking for more is refused.
+MAX_GRID_BYTES = 4 * 2**30
 
 def decode(raw: bytes) -> str:
     """Text of a file: UTF-8 if it is valid, else Latin-1 (older Nanonis and Createc headers)."""
@@ -109,6 +114,7 @@ def read_dat(path: Path, text: str, *, channel: str | None, direction: str) -> S
     """Parse a Nanonis bias-spectroscopy ``.dat`` file (see the module docstring for the layout)."""
     lines = text.split("\n")
     header: list[tuple[str, str]] = []
+    header_lines: list[int] = []
     data_at = None
     for i, line in enumerate(lines):
         stripped = line.strip()
@@ -121,6 +127,7 @@ def read_dat(path: Path, text: str, *, channel: str | None, direction: str) -> S
             raise fail(path, f"expected 'key<TAB>value' in the header, found {stripped[:60]!r}", i + 1)
         key, _, value = line.rstrip("\r").partition("\t")
         header.append((key.strip(), value.rstrip("\t").strip()))
+        header_lines.append(i + 1)
     if data_at is None:
         raise fail(path, "no [DATA] block (the header is cut short, or this is not a Nanonis spectrum)")
     j = data_at + 1
@@ -173,7 +180,7 @@ def read_dat(path: Path, text: str, *, channel: str | None, direction: str) -> S
     current = next((k for k, key in enumerate(keys) if key[0].lower() == "current" and not key[2] and not key[3]), None)
     version = hdr.get("NanonisMain>SW Version", "").strip().strip('"')
     fmt = "nanonis-" + re.sub(r"\s+", "-", version.lower()) if version else "nanonis-dat"
-    return Spectrum(bias, signals, didv, current, header, fmt)
+    return Spectrum(bias, signals, didv, current, header, fmt, header_lines=header_lines)
 
 
 def _select(data: np.ndarray, cols: list[_Column], direction: str, sweep: int | str | None) -> Signal | None:
@@ -277,15 +284,92 @@ def _check_row_count(path: Path, hdr: dict[str, str], n_rows: int) -> None:
             )
 
 
-def metadata(header: list[tuple[str, str]], signals: list[Signal]) -> dict[str, float | str]:
+_RMS = re.compile(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([uµm]?)V\s*rms", re.IGNORECASE)
+_LOCKIN_WORDS = re.compile(r"lock|modul|^\s*v\s*(rms|mod)\b", re.IGNORECASE)
+_DIVIDER_COMMENT = re.compile(r"divider\s*1\s*:\s*([0-9]*\.?[0-9]+)", re.IGNORECASE)
+_PREFIX = {"u": "e-6", "µ": "e-6", "m": "e-3", "": ""}  # decimal exponents: "50" + "e-6" parses to 5e-05 exactly
+LOCKIN_SWEEP_FRACTION = 0.25
+"""A stated modulation whose peak (sqrt 2 V_rms) exceeds this fraction of the sweep's half range cannot be what
+the sample saw (it would wash out every feature of the sweep): it is the lock-in output before the bias divider."""
+
+
+def _lockin_from_comments(header, lines, bias) -> tuple[float, str]:
+    """(V_rms at the sample, source) from a comment such as ``Lockin: 50uVrms`` or ``Vrms = 10mVrms``.
+
+    External lock-ins are written down by hand; the value is the lock-in output, which reaches the sample through
+    the bias divider when there is one (``Bias>Calibration (V/V)`` < 1, or a comment ``Divider 1:N``). A value
+    small against the sweep is taken as already at the sample (``Lockin: 50uVrms`` on a +-5 mV sweep); one whose
+    peak exceeds ``LOCKIN_SWEEP_FRACTION`` of the sweep's half range is multiplied by the divider
+    (``Vrms = 10mVrms`` before 5.21e-3 on a +-4 mV sweep: 52.1 uV rms). The source names both header lines.
+    """
+
+    def where(k: int) -> str:
+        return f"header line {lines[k]}" if k < len(lines) else "header"
+
+    comments = [k for k, (key, _) in enumerate(header) if re.fullmatch(r"Comment\d*", key)]
+    divider, div_source = math.nan, ""
+    for k, (key, value) in enumerate(header):
+        if key == "Bias>Calibration (V/V)":
+            c = to_float(value)
+            if 0 < c < 1:
+                divider, div_source = c, f"{where(k)}: {key!r} = {value!r}"
+            break
+    if math.isnan(divider):
+        for k in comments:
+            m = _DIVIDER_COMMENT.search(header[k][1])
+            if m and float(m.group(1)) > 1:
+                divider, div_source = 1.0 / float(m.group(1)), f"{where(k)}: {header[k][0]} {header[k][1]!r}"
+                break
+    half_range = math.nan
+    if bias is not None and np.size(bias) and np.all(np.isfinite(bias)):
+        half_range = 0.5 * float(np.max(bias) - np.min(bias))
+    for k in comments:
+        key, value = header[k]
+        m = _RMS.search(value)
+        if not (m and _LOCKIN_WORDS.search(value)):
+            continue
+        stated = float(m.group(1) + _PREFIX[m.group(2).lower()])
+        text = f"{where(k)}: {key} {value!r}"
+        peak = math.sqrt(2.0) * stated
+        too_large = not math.isnan(half_range) and peak > LOCKIN_SWEEP_FRACTION * half_range
+        if too_large and not math.isnan(divider):
+            return stated * divider, (
+                f"{text} x divider {divider:.6g} ({div_source}): its peak sqrt(2) x {stated:.3g} V exceeds "
+                f"{LOCKIN_SWEEP_FRACTION:g} of the sweep's half range {half_range:.3g} V, so it is the lock-in output "
+                f"before the divider; the sample sees {stated * divider:.4g} V rms"
+            )
+        if too_large:
+            return stated, (
+                f"{text}, as written: its peak sqrt(2) x {stated:.3g} V exceeds {LOCKIN_SWEEP_FRACTION:g} of the "
+                f"sweep's half range {half_range:.3g} V and the header names no divider; check it"
+            )
+        if not math.isnan(divider):
+            return stated, (
+                f"{text}, taken as the modulation at the sample (small against the sweep); the header also gives a "
+                f"divider {divider:.6g} ({div_source}): if {stated:.3g} V is the lock-in output, the sample sees "
+                f"{stated * divider:.4g} V rms"
+            )
+        return stated, text
+    return math.nan, ""
+
+
+def metadata(
+    header: list[tuple[str, str]],
+    signals: list[Signal],
+    header_lines: list[int] | None = None,
+    bias: np.ndarray | None = None,
+) -> dict[str, float | str]:
     """Fixed-name metadata from a Nanonis header (``.dat`` or ``.3ds``); NaN and an empty source where absent.
 
     * ``temperature_K``: the first header key holding ``temperature`` and ending in ``(K)`` (``Temperature 1>
       Temperature 1 (K)``, ``Ext. VI 1>Microscope temperature (K)``); else a ``CommentNN`` value ``T=1.06K``;
       else the mean of a ``Temperature ... (K)`` column. ``temperature_column_mean_K`` holds that mean too.
     * ``lockin_amplitude_V``: ``Lock-in>Amplitude`` when ``Lock-in>Modulated signal`` is a bias; else a comment
-      that mentions the lock-in and gives ``50uVrms`` / ``1.5 mV rms``. ``lockin_amplitude_kind`` is ``'rms'``
-      only where the file says rms; Nanonis's own key does not say whether it is rms or zero-to-peak.
+      that mentions the lock-in or a modulation, or starts with ``Vrms``, and gives ``50uVrms`` / ``1.5 mV rms`` /
+      ``Vrms = 10mVrms``, through the bias divider when it is the lock-in output (see
+      :func:`_lockin_from_comments`; ``lockin_amplitude_source`` gives the header lines and the reasoning).
+      ``lockin_amplitude_kind`` is ``'rms'`` only where the file says rms; Nanonis's own key does not say whether
+      it is rms or zero-to-peak.
     * ``lockin_frequency_Hz``: ``Lock-in>Frequency (Hz)``, else a comment ``912Hz modulation``.
     * ``setpoint_bias_V``: ``Bias>Bias (V)`` (the bias when the header was written, where the feedback was set).
     * ``setpoint_current_A``: ``Z-Controller>Setpoint`` when ``Z-Controller>Setpoint unit`` is ``A``.
@@ -322,12 +406,12 @@ def metadata(header: list[tuple[str, str]], signals: list[Signal]) -> dict[str, 
     if raw_amp is not None and "bias" in modulated.lower():
         amp, amp_source = to_float(raw_amp), "header 'Lock-in>Amplitude'"
     if math.isnan(amp):
-        for key, value in comments:
-            m = re.search(r"([0-9]*\.?[0-9]+)\s*([uµm]?)V\s*rms", value, re.IGNORECASE)
-            if m and re.search(r"lock", value, re.IGNORECASE):
-                exponent = {"u": "e-6", "µ": "e-6", "m": "e-3", "": ""}[m.group(2).lower()]
-                amp, amp_source, kind = float(m.group(1) + exponent), f"header {key!r} ({value!r})", "rms"
-                break
+        if bias is None:
+            start = to_float(hdr.get("Bias Spectroscopy>Sweep Start (V)", hdr.get("Sweep Start")))
+            end = to_float(hdr.get("Bias Spectroscopy>Sweep End (V)", hdr.get("Sweep End")))
+            bias = None if math.isnan(start) or math.isnan(end) else np.array([start, end])
+        amp, amp_source = _lockin_from_comments(header, header_lines or [], bias)
+        kind = "rms" if amp_source else kind
     out["lockin_amplitude_V"], out["lockin_amplitude_source"] = amp, amp_source
     out["lockin_amplitude_kind"] = kind if amp_source else ""
 
@@ -392,8 +476,18 @@ def read_3ds(path: Path, raw: bytes, *, partial: bool) -> Grid:
     if dims is None:
         raise fail(path, f"cannot read 'Grid dim'={hdr['Grid dim']!r}; expected 'NX x NY'")
     nx, ny = int(dims.group(1)), int(dims.group(2))
-    n_par = int(to_float(need("# Parameters (4 byte)")))
-    n_pts = int(to_float(need("Points")))
+    def count(key: str) -> int:
+        raw_value = need(key)
+        try:
+            value = float(to_float(raw_value))
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (np.isfinite(value) and value >= 0 and value == int(value)):
+            raise fail(path, f"cannot read {key!r}={raw_value!r}; expected a non-negative integer")
+        return int(value)
+
+    n_par = count("# Parameters (4 byte)")
+    n_pts = count("Points")
     channels = [c for c in need("Channels").split(";") if c]
     fixed = [p for p in hdr.get("Fixed parameters", "").split(";") if p]
     exper = [p for p in hdr.get("Experiment parameters", "").split(";") if p]
@@ -410,7 +504,16 @@ def read_3ds(path: Path, raw: bytes, *, partial: bool) -> Grid:
         )
         if not partial or n_bytes > 4 * per_pixel * n_pix:
             raise fail(path, problem + ("" if partial else "; read_grid(..., partial=True) reads the full pixels"))
+    if per_pixel < 1:
+        raise fail(path, "header gives no parameters and no channel points per pixel")
     n_full = min(n_bytes // (4 * per_pixel), n_pix)
+    full_bytes = 8 * n_pix * per_pixel
+    if full_bytes > MAX_GRID_BYTES:
+        raise fail(
+            path,
+            f"header says {nx} x {ny} pixels of {per_pixel} floats: {full_bytes / 2**30:.3g} GiB in memory, more than "
+            f"the {MAX_GRID_BYTES / 2**30:.3g} GiB limit (the file holds {n_full} full pixels); is 'Grid dim' right?",
+        )
     flat = np.full(n_pix * per_pixel, np.nan, dtype=np.float64)
     flat[: n_full * per_pixel] = np.frombuffer(raw, dtype=">f4", count=n_full * per_pixel, offset=start)
     block = flat.reshape(ny, nx, per_pixel)

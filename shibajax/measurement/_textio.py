@@ -5,6 +5,7 @@ Private: the public functions are in ``shibajax.measurement.readers``.
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
 from collections.abc import Sequence
@@ -22,6 +23,59 @@ def fail(path: Path | str, problem: str, line: int | None = None) -> DataFileErr
     """A ``DataFileError`` whose message starts with the file name and, for text formats, the 1-based line."""
     where = f"{path}: line {line}: " if line is not None else f"{path}: "
     return DataFileError(where + problem)
+
+
+def decode_text(path: Path | str, raw: bytes) -> str:
+    """The text of a spectrum file, or a ``DataFileError`` saying that it is not text.
+
+    UTF-16 (a byte-order mark, or every other byte NUL as UTF-16 writes ASCII) is decoded as such; a UTF-8
+    byte-order mark is dropped; otherwise UTF-8, else Latin-1 (older Nanonis and Createc headers). NUL bytes
+    anywhere else mean a binary file (Createc ``.VERT`` files, which pad their header with NULs, excepted), as
+    does a text of which more than 1 % is control characters: both are reported as such rather than as a
+    column-count error further down.
+    """
+    head = raw[:4096]
+    utf16 = None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        utf16 = "utf-16"
+    elif len(head) >= 8 and b"\x00" in head:
+        even, odd = head[0::2], head[1::2]
+        if odd.count(0) > 0.9 * len(odd) and even.count(0) < 0.1 * len(even):
+            utf16 = "utf-16-le"
+        elif even.count(0) > 0.9 * len(even) and odd.count(0) < 0.1 * len(odd):
+            utf16 = "utf-16-be"
+    if utf16 is not None:
+        try:
+            return raw.decode(utf16).lstrip("\ufeff")
+        except UnicodeDecodeError as exc:
+            raise fail(
+                path,
+                f"looks UTF-16 encoded but is not valid UTF-16 ({exc.reason} at byte {exc.start}); save it as "
+                "UTF-8 text",
+            ) from None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    if not raw.lstrip().startswith(b"[ParVERT"):
+        nul = raw.find(b"\x00")
+        if nul >= 0:
+            raise fail(
+                path,
+                f"is a binary file (a NUL byte at offset {nul}), not a text spectrum: read_spectrum reads "
+                "Nanonis .dat, Createc .VERT and CSV/TXT text (use read_grid for a Nanonis .3ds grid); export the "
+                "spectrum as UTF-8 text",
+            )
+        sample = raw[:65536]
+        control = sum(sample.count(bytes([b])) for b in range(32) if b not in (9, 10, 12, 13)) + sample.count(b"\x7f")
+        if sample and control > 0.01 * len(sample):
+            raise fail(
+                path,
+                f"is a binary file ({control} control bytes in its first {len(sample)}), not a text spectrum; "
+                "export the spectrum as UTF-8 text",
+            )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def to_float(text: str | None) -> float:

@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from shibajax.errors import FitError
+from shibajax.measurement.dos import check_finite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,10 @@ def peak_top(bias, y, *, search: tuple[float, float], half_width: float, iterati
     bias, y = np.asarray(bias, float), np.asarray(y, float)
     if bias.ndim != 1 or bias.shape != y.shape:
         raise FitError(f"bias {bias.shape} and y {y.shape} must be equal 1D shapes")
+    check_finite(search, "search", "peak_top", error=FitError)
+    check_finite(half_width, "half_width", "peak_top", error=FitError)
+    if not half_width > 0:
+        raise FitError(f"peak_top: half_width = {half_width!r} must be > 0 (bias units)")
     lo, hi = search
     inside = np.flatnonzero((bias > lo) & (bias < hi) & np.isfinite(y))
     if inside.size < 5:

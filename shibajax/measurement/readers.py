@@ -22,7 +22,7 @@ import xarray as xr
 from shibajax.measurement import _nanonis
 from shibajax.measurement._createc import read_vert
 from shibajax.measurement._delimited import read_delimited
-from shibajax.measurement._textio import fail, sanitise, split_column_name, unique_name
+from shibajax.measurement._textio import decode_text, fail, sanitise, split_column_name, unique_name
 
 __all__ = ["header_of", "read_grid", "read_spectrum", "sort_by_bias", "write_spectrum_csv"]
 
@@ -43,6 +43,7 @@ def read_spectrum(
     direction: str = "forward",
     sort: bool = False,
     bias_unit: str | None = None,
+    allow_nan: bool = False,
 ) -> xr.Dataset:
     """Read one measured bias spectrum into an ``xarray.Dataset``.
 
@@ -77,6 +78,9 @@ def read_spectrum(
             (a Nanonis sweep from +5 to -5 mV stays in that order; multi-segment sweeps can be unsorted).
         bias_unit: ``'V'`` or ``'mV'``, for CSV/TXT only. Default: the unit in the bias column's name
             (``bias (mV)``), else volts. A value that contradicts the column name raises.
+        allow_nan: ``False`` (default): a NaN or inf in the dI/dV or current column raises (the message gives
+            how many, their data rows and biases); ``True`` reads them as they are (``attrs['n_non_finite']``
+            counts them), for callers that drop or interpolate such points themselves.
 
     Returns:
         ``xarray.Dataset`` with coordinate ``bias`` ``(n,)`` in V (float64); ``didv`` ``(n,)`` with ``units``
@@ -86,21 +90,27 @@ def read_spectrum(
 
         * ``temperature_K``, ``lockin_amplitude_V``, ``lockin_frequency_Hz``, ``setpoint_bias_V``,
           ``setpoint_current_A``: floats, NaN where the file does not give them; each ``..._source`` says
-          which header line gave it. ``lockin_amplitude_V`` is the number as written: a Nanonis
-          ``Lock-in>Amplitude`` (used only when the modulated signal is the bias) does not say whether it
-          is rms or zero-to-peak, and ``lockin_amplitude_kind`` is ``'rms'`` only where the file says so
-          (``Lockin: 50uVrms``). ``setpoint_bias_V`` is ``Bias>Bias (V)``, the bias when the feedback was
-          opened; ``setpoint_current_A`` is ``Z-Controller>Setpoint`` when its unit is A. Temperature:
+          which header line gave it. ``lockin_amplitude_V`` is the modulation at the sample: a Nanonis
+          ``Lock-in>Amplitude`` (used only when the modulated signal is the bias) as written, which does not
+          say whether it is rms or zero-to-peak; else a comment (``Lockin: 50uVrms``, ``Vrms = 10mVrms``), times
+          the bias divider (``Bias>Calibration (V/V)`` < 1 or ``Divider 1:N``) when its peak exceeds a quarter of
+          the sweep's half range, so that it must be the lock-in output before the divider (the SIS Pb file:
+          10 mV x 5.21e-3 = 52.1 uV); the source then names both lines and the reasoning.
+          ``lockin_amplitude_kind`` is ``'rms'`` only where the file says so. ``setpoint_bias_V`` is
+          ``Bias>Bias (V)``, the bias when the feedback was opened; ``setpoint_current_A`` is
+          ``Z-Controller>Setpoint`` when its unit is A. Temperature:
           the first header key ``...temperature...(K)``, else a comment ``T=1.06K``, else the mean of a
           ``Temperature ... (K)`` column (that mean is also in ``temperature_column_mean_K``).
         * ``format`` (``'nanonis-generic-4'``, ``'nanonis-generic-5'``, ``'nanonis-dat'`` when the file
           names no version, ``'createc-vert'``, ``'csv'``), ``source`` (the path), ``didv_channel`` (the
-          column used, ``''`` if none), ``direction``, ``sorted_by_bias``, ``header_json`` (the whole
+          column used, ``''`` if none), ``direction``, ``sorted_by_bias``, ``n_non_finite`` (NaN or inf values
+          in ``didv`` and ``current``: 0 unless ``allow_nan``), ``header_json`` (the whole
           header as a JSON object of strings; ``header_of`` decodes it).
 
     Raises:
         DataFileError: the file is malformed or cut short (message: file, line, problem), names no bias,
-            lacks the asked ``channel`` or ``direction``, or is a ``.3ds`` grid (use ``read_grid``).
+            lacks the asked ``channel`` or ``direction``, is a ``.3ds`` grid (use ``read_grid``), or is not text
+            (NUL or control bytes: "is a binary file"). UTF-16 text (with or without a byte-order mark) is decoded.
 
     Example:
         >>> import tempfile, pathlib
@@ -114,18 +124,18 @@ def read_spectrum(
     raw = _read_bytes(path)
     if path.suffix.lower() == ".3ds" or raw.startswith(b"Grid dim"):
         raise fail(path, "is a Nanonis grid (.3ds); use read_grid")
-    text = _nanonis.decode(raw)
+    text = decode_text(path, raw)
     head = text[:4096].lstrip()
     if head.startswith("[ParVERT"):
         spec = read_vert(path, text, channel=channel, direction=direction)
     elif head.startswith("Experiment\t") or "\n[DATA]" in text:
         spec = _nanonis.read_dat(path, text, channel=channel, direction=direction)
-        spec.metadata = _nanonis.metadata(spec.header, spec.signals)
+        spec.metadata = _nanonis.metadata(spec.header, spec.signals, spec.header_lines, spec.bias)
     else:
         spec = read_delimited(path, text, channel=channel, direction=direction, bias_unit=bias_unit)
     if bias_unit is not None and spec.format != "csv":
         raise fail(path, f"bias_unit applies to CSV/TXT files only; this {spec.format} file states its unit")
-    ds = _spectrum_dataset(path, spec, direction)
+    ds = _spectrum_dataset(path, spec, direction, allow_nan=allow_nan)
     return sort_by_bias(ds) if sort else ds
 
 
@@ -270,11 +280,27 @@ def _header_json(header: list[tuple[str, str]]) -> str:
     return json.dumps(out, ensure_ascii=False)
 
 
-def _spectrum_dataset(path: Path, spec: _nanonis.Spectrum, direction: str) -> xr.Dataset:
+def _spectrum_dataset(path: Path, spec: _nanonis.Spectrum, direction: str, *, allow_nan: bool = False) -> xr.Dataset:
     bias = np.asarray(spec.bias, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(bias))
     if bad.size:
         raise fail(path, f"the bias is not a finite number at {bad.size} points (first: point {bad[0] + 1})")
+    n_non_finite = 0
+    for role, k in (("dI/dV", spec.didv), ("current", spec.current)):
+        if k is None or (role == "current" and k == spec.didv):
+            continue
+        values = np.asarray(spec.signals[k].values, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        n_non_finite += bad.size
+        if bad.size and not allow_nan:
+            rows = ", ".join(str(i + 1) for i in bad[:4]) + (" ..." if bad.size > 4 else "")
+            at = ", ".join(f"{1e3 * b:.6g}" for b in bias[bad[:4]]) + (" ..." if bad.size > 4 else "")
+            raise fail(
+                path,
+                f"the spectrum has {bad.size} non-finite {role} value(s) (NaN or inf, of {values.size}) in column "
+                f"{spec.signals[k].label!r}, data row(s) {rows}, at bias = {at} mV; remove or interpolate them "
+                "(read_spectrum(..., allow_nan=True) reads them as they are)",
+            )
     data_vars: dict = {}
     sweep_coords: dict = {}
     taken: set[str] = set()
@@ -313,5 +339,6 @@ def _spectrum_dataset(path: Path, spec: _nanonis.Spectrum, direction: str) -> xr
     attrs["didv_channel"] = spec.signals[spec.didv].label if spec.didv is not None else ""
     attrs["direction"] = direction
     attrs["sorted_by_bias"] = 0
+    attrs["n_non_finite"] = n_non_finite
     attrs["header_json"] = _header_json(spec.header)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)

@@ -57,7 +57,7 @@ import numpy as np
 
 from shibajax import _precision  # noqa: F401
 from shibajax.errors import TunnellingError
-from shibajax.measurement.dos import concrete
+from shibajax.measurement.dos import check_finite, concrete
 
 K_B_MEV_PER_K = 0.08617333262
 """Boltzmann constant in meV per kelvin (CODATA 2018, exact)."""
@@ -86,7 +86,7 @@ def fermi(E, temperature) -> jax.Array:
         >>> float(fermi(0.0, 1.0)), float(fermi(-1.0, 0.0)), float(fermi(1e6, 1.0))
         (0.5, 1.0, 0.0)
     """
-    t = concrete(temperature)
+    t = check_finite(temperature, "temperature", "fermi", error=TunnellingError, unit="K")
     if t is not None and np.any(t < 0):
         raise TunnellingError(f"temperature = {t!r} K must be >= 0")
     kt = K_B_MEV_PER_K * jnp.asarray(temperature, dtype=float)
@@ -297,6 +297,7 @@ def _check_grid(sample_energies) -> jax.Array:
         return jnp.asarray(sample_energies, dtype=float)
     if e.ndim != 1 or e.size < 3:
         raise TunnellingError(f"sample_energies must be a 1-d grid of >= 3 points, got shape {e.shape}")
+    check_finite(e, "sample_energies", error=TunnellingError, unit="meV")
     step = np.diff(e)
     if not (step[0] > 0 and np.allclose(step, step[0], rtol=1e-8, atol=0)):
         raise TunnellingError(
@@ -312,7 +313,8 @@ def _check_scalar(value, name: str, unit: str):
         return None
     if v.shape != ():
         raise TunnellingError(f"{name} must be a scalar ({unit}), got shape {v.shape}")
-    if not np.isfinite(v) or v < 0:
+    check_finite(v, name, error=TunnellingError, unit=unit)
+    if v < 0:
         raise TunnellingError(f"{name} = {float(v)!r} {unit} must be finite and >= 0")
     return float(v)
 
@@ -349,7 +351,7 @@ def didv_kernel(bias, sample_energies, tip, *, temperature, lockin_rms=0.0, lock
     if args[0].shape[0] == 0:
         return jnp.zeros((0, args[1].shape[0]))
     p, k = _kernel_factors(*args, **static, current=current)
-    return k if p is None else p @ k
+    return _check_result(k if p is None else p @ k, "the dI/dV kernel")
 
 
 def _factors(bias, sample_energies, tip, temperature, lockin_rms, lockin_nodes, current):
@@ -362,12 +364,13 @@ def _factors(bias, sample_energies, tip, temperature, lockin_rms, lockin_nodes, 
     amp = None if rms is None else math.sqrt(2.0) * rms
     e = concrete(energies)
     v = concrete(bias_arr)
+    if v is not None:
+        check_finite(v, "bias", error=TunnellingError, unit="mV")
     h = None if e is None else float(e[1] - e[0])
+    _check_tip(tip, h)
     if current and not (rms == 0.0 and lockin_nodes is None):
         raise TunnellingError("the current kernel has no lock-in: leave lockin_rms = 0")
     if e is not None and v is not None and temp is not None and amp is not None and v.size:
-        if not np.all(np.isfinite(v)):
-            raise TunnellingError("bias must be finite")
         tail = COVERAGE_KT * K_B_MEV_PER_K * temp + amp
         lo, hi = min(0.0, v.min()) - tail, max(0.0, v.max()) + tail
         if lo < e[0] or hi > e[-1]:
@@ -402,7 +405,43 @@ def _check_dos(sample_dos, energies):
             f"sample_dos must have shape (..., n_e) with n_e = {energies.shape[0]} (the sample_energies grid), got "
             f"{dos.shape}"
         )
+    values, e = concrete(dos), concrete(energies)
+    if values is not None and not np.all(np.isfinite(values)):
+        bad = ~np.isfinite(values)
+        at = e[np.flatnonzero(bad.reshape(-1, bad.shape[-1]).any(axis=0))] if e is not None else np.array([])
+        where = f" at E = {', '.join(f'{x:.6g}' for x in at[:4])}{' ...' if at.size > 4 else ''} meV" if at.size else ""
+        raise TunnellingError(
+            f"sample_dos has {int(bad.sum())} non-finite value(s){where}. A BCS DOS (Dynes gamma = 0) is infinite at "
+            "|E| = delta: pass its cell averages (DynesDOS(delta, 0).cell_average(E), finite and exact in the "
+            "integral) or give gamma > 0"
+        )
     return dos
+
+
+def _check_tip(tip, h):
+    """A concrete Dynes tip with gamma = 0 (BCS) cannot be sampled: the tunnelling sums take rho_t and rho_t' at
+    points, and both are infinite at |E| = delta_t. Ask for a Dynes gamma instead of returning NaN or inf."""
+    for name in ("gamma", "gammas"):
+        g = concrete(getattr(tip, name, None))
+        if g is not None and np.any(g == 0):
+            floor = f" >= 2 h = {2 * h:.3g} meV (the resolution rule)" if h else " > 0"
+            raise TunnellingError(
+                f"tip {name} = {g.tolist()!r} meV: a BCS tip (gamma = 0) is singular at |E| = delta (rho_t and its "
+                f"derivative are infinite there) and the tunnelling sums sample it at points; give the tip a Dynes "
+                f"gamma{floor}"
+            )
+
+
+def _check_result(out, what: str):
+    """Host-side check of a concrete result: never hand back NaN or inf silently (tracers pass)."""
+    values = concrete(out)
+    if values is not None and not np.all(np.isfinite(values)):
+        raise TunnellingError(
+            f"{what} has {int(np.size(values) - np.count_nonzero(np.isfinite(values)))} non-finite value(s) although "
+            "every input was finite: a tip DOS that is infinite somewhere (e.g. a TabulatedDOS or a function with a "
+            "pole) cannot be sampled; broaden it"
+        )
+    return out
 
 
 def didv(bias, sample_energies, sample_dos, tip, *, temperature, lockin_rms=0.0, lockin_nodes=None) -> jax.Array:
@@ -437,7 +476,7 @@ def didv(bias, sample_energies, sample_dos, tip, *, temperature, lockin_rms=0.0,
     *args, static = _factors(bias, energies, tip, temperature, lockin_rms, lockin_nodes, False)
     if args[0].shape[0] == 0:
         return jnp.zeros((*dos.shape[:-1], 0))
-    return _didv_apply(dos, *args, **static)
+    return _check_result(_didv_apply(dos, *args, **static), "dI/dV")
 
 
 def current(bias, sample_energies, sample_dos, tip, *, temperature) -> jax.Array:
@@ -454,7 +493,7 @@ def current(bias, sample_energies, sample_dos, tip, *, temperature) -> jax.Array
     """
     energies = _check_grid(sample_energies)
     dos = _check_dos(sample_dos, energies)
-    return dos @ didv_kernel(bias, energies, tip, temperature=temperature, current=True).T
+    return _check_result(dos @ didv_kernel(bias, energies, tip, temperature=temperature, current=True).T, "I(V)")
 
 
 def model_spectrum(spectrum, *, position: int = 0, energy_scale: float = 1.0, normal_dos=None):
@@ -471,6 +510,9 @@ def model_spectrum(spectrum, *, position: int = 0, energy_scale: float = 1.0, no
     Returns:
         (energies (n_E,) in meV, sample_dos (n_E,) dimensionless).
     """
+    check_finite(energy_scale, "energy_scale", "model_spectrum", error=TunnellingError, unit="meV per unit")
+    if normal_dos is not None:
+        check_finite(normal_dos, "normal_dos", "model_spectrum", error=TunnellingError)
     energies = np.asarray(spectrum.energies, dtype=float) * float(energy_scale)
     electron = jnp.asarray(spectrum.electron)
     if electron.ndim != 2 or electron.shape[0] != energies.size:

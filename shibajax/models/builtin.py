@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax.errors import ShapeError
-from shibajax.models.tight_binding import TightBindingModel, from_hoppings
+from shibajax.models.tight_binding import TightBindingModel, check_model_parameters, from_hoppings
 from shibajax.nambu import SIGMA_0, SIGMA_X, SIGMA_Y
 
 #: Gap symmetries of the one-orbital lattices; value: {d: weight} with Delta(k) = delta * sum_d w_d e^{i k.d}.
@@ -67,7 +67,8 @@ def square(t=1.0, mu=0.0, delta=0.0, rashba=0.0, gap: str = "s") -> TightBinding
         rashba: Rashba coupling alpha_R.
         gap: 's' (Delta), 's+-' (Delta cos kx cos ky), 'd' ((Delta/2)(cos kx - cos ky)) or 'd+id'.
 
-    Parameters may be JAX tracers (vmap over mu, delta, ...).
+    Parameters must be finite real numbers (else :class:`~shibajax.errors.ParameterError`) and may be JAX
+    tracers (vmap over mu, delta, ...).
 
     Example:
         >>> import shibajax
@@ -76,6 +77,7 @@ def square(t=1.0, mu=0.0, delta=0.0, rashba=0.0, gap: str = "s") -> TightBinding
     """
     if gap not in SQUARE_GAPS:
         raise ShapeError(f"unknown gap {gap!r} for the square lattice; choose one of {sorted(SQUARE_GAPS)}")
+    check_model_parameters("square", t=t, mu=mu, delta=delta, rashba=rashba)
     bonds = [(1, 0), (0, 1)]
     return _one_orbital_lattice(f"square[{gap}]", np.eye(2), bonds, t, mu, rashba, SQUARE_GAPS[gap], delta)
 
@@ -85,6 +87,7 @@ def triangular(t=1.0, mu=0.0, delta=0.0, rashba=0.0) -> TightBindingModel:
 
     h(k) = -2t [cos k1 + cos k2 + cos(k2 - k1)] - mu + Rashba, k in reduced coordinates.
     """
+    check_model_parameters("triangular", t=t, mu=mu, delta=delta, rashba=rashba)
     lv = np.array([[1.0, 0.0], [0.5, np.sqrt(3.0) / 2.0]])
     bonds = [(1, 0), (0, 1), (-1, 1)]
     return _one_orbital_lattice("triangular[s]", lv, bonds, t, mu, rashba, {(0, 0): 1.0}, delta)

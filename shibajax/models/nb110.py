@@ -78,7 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax.models.builtin import rashba_hopping
-from shibajax.models.tight_binding import TightBindingModel, from_hoppings
+from shibajax.models.tight_binding import TightBindingModel, check_model_parameters, from_hoppings
 from shibajax.nambu import SIGMA_0
 
 #: Cubic lattice constant of Nb (pm), as used by Beck et al.
@@ -128,6 +128,7 @@ def nb110_hoppings(
     t3: float = NB110_T3,
 ) -> dict:
     """Spinful hoppings {d: T_d} (meV, 2 x 2) of :func:`nb110`, d in lattice coordinates."""
+    check_model_parameters("nb110", "meV", optional=("mu",), mu=mu, t_rashba=t_rashba, t1=t1, t2=t2, t3=t3)
     mu = NB110_MU if mu is None else mu
     lv = np.asarray(NB110_LATTICE_VECTORS)
     s0 = jnp.asarray(SIGMA_0, dtype=jnp.complex128)
@@ -169,6 +170,7 @@ def nb110(
         >>> np.asarray(e).round(6).tolist()
         [[-1700.0, -1700.0]]
     """
+    check_model_parameters("nb110", "meV", delta=delta)
     hop = nb110_hoppings(mu=mu, t_rashba=t_rashba, t1=t1, t2=t2, t3=t3)
     return from_hoppings(hop, n_orb=1, delta=delta, lattice_vectors=NB110_LATTICE_VECTORS, name="nb110")
 
@@ -183,7 +185,10 @@ MN_EXTENT = 150.0
 #: Shiba pairs lie inside the gap and apart (Beck et al. fitted theirs to the measured spectrum; their table is
 #: not in shared/reference). The channels' pi N0 J are of order one (N0 = 0.7 /eV per spin).
 MN_EXCHANGE = {"dz2": 620.0, "dx2-y2": 540.0, "dxy": 700.0, "dxz": 460.0, "dyz": 400.0}
-#: Potential scattering K (meV) of the default Mn channels (zero: electron and hole maps alike).
+#: Potential scattering K (meV) of the default Mn channels: zero. The electron (u^2) and hole (v^2) maps still differ:
+#: the exchange alone separates u and v (the band is not particle-hole symmetric, the channels are non-local); with
+#: these defaults the summed u^2 and v^2 maps of a state differ by up to 2.6x (Delta = 20 meV, 48 x 48 grid,
+#: notebooks/05_mn_nb110.ipynb). K != 0 changes that asymmetry further.
 MN_POTENTIAL = {"dz2": 0.0, "dx2-y2": 0.0, "dxy": 0.0, "dxz": 0.0, "dyz": 0.0}
 
 
@@ -195,6 +200,7 @@ def mn_adatom(
     potential: dict | None = None,
     height: float = MN_HEIGHT,
     extent: float = MN_EXTENT,
+    cutoff: float | None = None,
 ):
     """A Mn-like adatom on Nb(110) with five d-shaped channels (meV, pm).
 
@@ -204,16 +210,19 @@ def mn_adatom(
         exchange: J per channel {shape: meV}; default ``MN_EXCHANGE``. Shapes left out are not coupled.
         potential: K per channel {shape: meV}; default ``MN_POTENTIAL``.
         height, extent: pm (see :class:`shibajax.adatoms.Adatom`).
+        cutoff: smallest Gaussian factor of a site kept in the channels (:class:`shibajax.adatoms.Adatom`);
+            default ``shibajax.adatoms.GAUSSIAN_CUTOFF``.
 
     Returns:
         :class:`shibajax.adatoms.Adatom`.
     """
-    from shibajax.adatoms import Adatom, OrbitalChannel
+    from shibajax.adatoms import GAUSSIAN_CUTOFF, Adatom, OrbitalChannel
 
     exchange = dict(MN_EXCHANGE if exchange is None else exchange)
     potential = dict(MN_POTENTIAL if potential is None else potential)
     channels = [OrbitalChannel(shape, K=potential.get(shape, 0.0), J=j) for shape, j in exchange.items()]
-    return Adatom(position, height=height, extent=extent, channels=channels, spin=spin)
+    cutoff = GAUSSIAN_CUTOFF if cutoff is None else cutoff
+    return Adatom(position, height=height, extent=extent, channels=channels, spin=spin, cutoff=cutoff)
 
 
 def mn_dimer(name: str, order: str = "AFM", spin=(0.0, 0.0, 1.0), **kwargs) -> list:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax.errors import ShapeError
-from shibajax.models.tight_binding import TightBindingModel, from_hoppings
+from shibajax.models.tight_binding import TightBindingModel, check_model_parameters, from_hoppings
 
 #: On-site energies eps_i (eV), orbital order d_xz, d_yz, d_x2-y2, d_xy, d_3z2-r2.
 GRASER2009_ONSITE = (0.13, 0.13, -0.22, 0.30, -0.211)
@@ -212,6 +212,7 @@ def graser2009(mu=-0.0272, delta=0.0, gap: str = "s+-") -> TightBindingModel:
     """
     if gap not in PNICTIDE_GAPS:
         raise ShapeError(f"unknown gap {gap!r} for graser2009; choose one of {sorted(PNICTIDE_GAPS)}")
+    check_model_parameters("graser2009", "eV", vectors=("delta",), mu=mu, delta=delta)
     if np.ndim(delta) not in (0, 1) or (np.ndim(delta) == 1 and np.shape(delta) != (5,)):
         raise ShapeError(f"delta must be a scalar or a length-5 array (one per orbital); got shape {np.shape(delta)}")
     hop = {d: jnp.asarray(t) for d, t in graser2009_hoppings().items()}
@@ -560,6 +561,7 @@ def lifeas2017(mu=LIFEAS2017_MU_SOURCE, delta=0.0, gap: str = "s+-", *, symmetri
     """
     if gap not in LIFEAS2017_GAPS:
         raise ShapeError(f"unknown gap {gap!r} for lifeas2017; choose one of {sorted(LIFEAS2017_GAPS)}")
+    check_model_parameters("lifeas2017", "eV", vectors=("delta",), mu=mu, delta=delta)
     if np.ndim(delta) not in (0, 1) or (np.ndim(delta) == 1 and np.shape(delta) != (5,)):
         raise ShapeError(f"delta must be a scalar or a length-5 array (one per orbital); got shape {np.shape(delta)}")
     hop = {d: jnp.asarray(t) for d, t in lifeas2017_hoppings(bool(symmetrize)).items()}

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shibajax import _precision  # noqa: F401  (float64 before any array is made)
+from shibajax._checks import check_finite, check_real
 from shibajax.errors import HermiticityError, PairingSymmetryError, ShapeError
 from shibajax.nambu import SIGMA_0, SIGMA_Y
 
@@ -81,6 +82,23 @@ jax.tree_util.register_dataclass(
 
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
+
+
+def check_model_parameters(
+    model: str, unit: str = "energy units", vectors: tuple[str, ...] = (), optional: tuple[str, ...] = (), **params
+) -> None:
+    """Raise :class:`~shibajax.errors.ParameterError` unless every parameter is a finite real number.
+
+    For the built-in model constructors: ``check_model_parameters("square", t=t, mu=mu, ...)`` names the bad
+    parameter and its value (``mu = 'abc' is a string ...``). Parameters listed in ``vectors`` may also be 1-D
+    arrays (e.g. one gap per orbital), those in ``optional`` may be None (their default); JAX tracers are not
+    checked.
+    """
+    for name, value in params.items():
+        if value is None and name in optional:
+            continue
+        hint = f" (a parameter of {model}(), {unit})"
+        check_real(name, value, max_ndim=1 if name in vectors else 0, hint=hint)
 
 
 def _as_displacement(d, dim: int | None) -> Displacement:
@@ -172,7 +190,8 @@ def from_hoppings(
         TightBindingModel.
 
     Raises:
-        HermiticityError, PairingSymmetryError, ShapeError.
+        HermiticityError, PairingSymmetryError, ShapeError; ParameterError for entries that are not finite numbers
+        (strings, NaN, inf).
 
     Example:
         >>> import shibajax
@@ -184,9 +203,13 @@ def from_hoppings(
         raise ShapeError("a model needs at least one hopping term (use {(0, 0): -mu} for on-site only)")
     items = list(hoppings.items())
     dim = len(_as_displacement(items[0][0], None))
+    for d, t in items:
+        check_finite(f"hopping T_d at d={d}", t, max_ndim=2, hint=" (a scalar or a matrix, energy units)")
     if n_orb is None:
         first = np.shape(items[0][1])
         n_orb = 1 if len(first) == 0 else int(first[0])
+    elif isinstance(n_orb, bool) or not isinstance(n_orb, int | np.integer) or n_orb < 1:
+        raise ShapeError(f"n_orb = {n_orb!r} must be a positive integer (orbitals per cell)")
     hop = {}
     for d, t in items:
         dd = _as_displacement(d, dim)
@@ -197,9 +220,11 @@ def from_hoppings(
 
     pair_in: dict = {}
     if delta is not None:
+        check_finite("delta", delta, max_ndim=1, hint=" (a scalar or one gap per orbital, energy units)")
         pair_in[(0,) * dim] = delta
     if pairing:
         for d, D in pairing.items():
+            check_finite(f"pairing D_d at d={d}", D, max_ndim=2, hint=" (a scalar, (n_orb,) or a matrix)")
             dd = _as_displacement(d, dim)
             pair_in[dd] = D if dd not in pair_in else jnp.asarray(pair_in[dd]) + jnp.asarray(D)
     if not pair_in:
@@ -209,6 +234,7 @@ def from_hoppings(
 
     if lattice_vectors is None:
         lattice_vectors = np.eye(dim)
+    check_real("lattice_vectors", lattice_vectors, error=ShapeError, max_ndim=2, hint=" (Cartesian rows)")
     lv = np.asarray(lattice_vectors, dtype=float)
     if lv.shape != (dim, dim):
         raise ShapeError(f"lattice_vectors has shape {lv.shape}; a {dim}D lattice needs ({dim}, {dim})")
