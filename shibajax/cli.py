@@ -72,7 +72,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     config = demo.load_config(args.config) if args.config else None
     L = demo.resolve_config(config, kgrid=args.kgrid)["kgrid"]  # checks the config before any work
-    print(f"shibajax demo: computing on a {L} x {L} k-grid ...", flush=True)
+    print(f"shibajax demo: computing on a {L} x {L} k-grid, writing to {args.out}/ ...", flush=True)
     result = demo.run_demo(args.out, kgrid=args.kgrid, config=config)
     print(result.report())
     return 0

@@ -69,3 +69,18 @@ def test_demo_config_overrides_model(tmp_path):
     data = json.loads((tmp_path / "o" / "bound_states.json").read_text())
     states = data.get("bound_states", data)
     assert sum(states["multiplicities"]) == 2  # only the first channel is magnetic now
+
+
+def test_demo_refuses_an_unwritable_out_before_computing(tmp_path, capsys, monkeypatch):
+    """An --out under a plain file cannot be created: one error line naming it, and no calculation first."""
+    import shibajax
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the demo computed before checking its output folder")
+
+    monkeypatch.setattr(shibajax, "bound_states", must_not_run)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["demo", "--out", str(blocker / "sub"), "--kgrid", "8"]) == 2
+    err = capsys.readouterr().err
+    assert str(blocker / "sub") in err and "writable" in err
