@@ -71,3 +71,27 @@ def load_toml(path) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+
+
+def writable_folder(folder, what: str, option: str = "--out") -> Path:
+    """Create ``folder`` and check that files can be written there (a test file is written and removed), before
+    any costly work; ``what`` and ``option`` name the output and where it was set, e.g. "the fit output", "--out".
+
+    Raises:
+        OutputPathError: naming the folder and the reason (a file of that name, no permission, read-only disk).
+    """
+    import os
+
+    from shibajax.errors import OutputPathError
+
+    folder = Path(folder)
+    probe = folder / f".shibajax-write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputPathError(
+            f"cannot write {what} to {str(folder)!r} ({option}): {err.strerror or err}; choose a writable folder"
+        ) from err
+    return folder

@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 
 import shibajax
-from shibajax.config import ConfigError, check_keys, load_toml, number, numbers, positive_int
+from shibajax.config import ConfigError, check_keys, load_toml, number, numbers, positive_int, writable_folder
 from shibajax.models import from_hoppings, rashba_hopping
 
 #: Default parameters of the demo; a TOML config overrides any of them (same names and nesting).
@@ -227,21 +226,6 @@ def _shiba_pairs(energies: np.ndarray, multiplicities: np.ndarray) -> int:
     return int(np.sum(multiplicities[np.asarray(energies) > 0]))
 
 
-def _check_writable(folder: Path) -> None:
-    """Create ``folder`` and test-write a file there, or raise OutputPathError naming it."""
-    from shibajax.errors import OutputPathError
-
-    probe = folder / f".shibajax-write-test-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise OutputPathError(
-            f"cannot write the demo output to {str(folder)!r} (--out): {err.strerror or err}; choose a writable folder"
-        ) from err
-
-
 def run_demo(out_dir="shibajax-demo", *, kgrid: int | None = None, config: dict | None = None) -> DemoResult:
     """Run the demo and write its three files into ``out_dir`` (created if needed).
 
@@ -258,7 +242,7 @@ def run_demo(out_dir="shibajax-demo", *, kgrid: int | None = None, config: dict 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path {str(out)!r} exists and is not a folder")
-    _check_writable(out)  # before the computation, not after it
+    writable_folder(out, "the demo output")  # before the computation, not after it
     model = build_model(cfg["model"])
     imp = build_impurity(cfg["impurity"])
     L = cfg["kgrid"]

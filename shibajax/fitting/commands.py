@@ -35,8 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
-from shibajax.config import ConfigError, check_keys, is_number, load_toml, number, numbers, positive_int
-from shibajax.errors import FitError, OutputPathError
+from shibajax.config import (
+    ConfigError,
+    check_keys,
+    is_number,
+    load_toml,
+    number,
+    numbers,
+    positive_int,
+    writable_folder,
+)
+from shibajax.errors import FitError
 
 #: Defaults of every table (a config overrides any key; [params] has its own defaults, see build_problem).
 DEFAULTS = {
@@ -362,23 +371,8 @@ def _sha256_file(path: Path) -> str:
 
 
 def prepare_output(folder) -> Path:
-    """Create ``folder`` and check that files can be written there (a test file is written and removed).
-
-    Raises:
-        OutputPathError: naming the folder and the reason (a file of that name, no permission, read-only disk).
-    """
-    folder = Path(folder)
-    probe = folder / f".shibajax-write-test-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise OutputPathError(
-            f"cannot write the fit output to {str(folder)!r} (--out or [fit].out): {err.strerror or err}; "
-            "choose a writable folder"
-        ) from err
-    return folder
+    """Create the fit's output ``folder`` and check that it is writable (:func:`shibajax.config.writable_folder`)."""
+    return writable_folder(folder, "the fit output", "--out or [fit].out")
 
 
 def plan_fit(data_path, config, out=None, *, restart: bool = False) -> FitPlan:
