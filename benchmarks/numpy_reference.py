@@ -201,3 +201,86 @@ def greens_function(model, displacements, energies, kgrid) -> np.ndarray:
 def bound_state_energies(model, impurities, kgrid, **kwargs) -> dict:
     """Shiba energies from scratch (build, diagonalise, scan, brentq); see :meth:`NumpyReference.bound_states`."""
     return NumpyReference(model, kgrid).bound_states(impurities, **kwargs)
+
+
+def _sector_host(model, kgrid):
+    """xi_k, Delta_k (N,) of a one-orbital spin-invariant host on the grid (ValueError for anything else)."""
+    t, d = np.asarray(model.hoppings), np.asarray(model.pairing)
+    if t.shape[1:] != (2, 2) or np.max(np.abs(t[:, 0, 1])) > 0 or np.max(np.abs(t[:, 0, 0] - t[:, 1, 1])) > 0:
+        raise ValueError("the spin-sector reference needs a one-orbital host with spin-independent hoppings")
+    k = gamma_centred_grid(kgrid)
+    xi = np.real(np.exp(1j * k @ np.asarray(model.hop_displacements, float).T) @ t[:, 0, 0])
+    delta = np.exp(1j * k @ np.asarray(model.pair_displacements, float).T) @ d[:, 0, 0]
+    return xi, delta
+
+
+def spin_sector_greens(model, energies, kgrid) -> np.ndarray:
+    """G0(0, E) (n_E, 1, 4, 4) of a one-orbital spin-invariant host from its 2 x 2 spin sector: G0_loc(E) =
+    mean_k (E + H(k)) / (E^2 - E_k^2) on the sector indices (0, 2) (c_up, c+_down) and (1, 3) (c_down, -c+_up)."""
+    xi, delta = _sector_host(model, kgrid)
+    e = np.asarray(energies, dtype=np.float64)[:, None]
+    inverse = 1.0 / (e**2 - xi[None] ** 2 - np.abs(delta[None]) ** 2)
+    s = np.stack(
+        [inverse.mean(1), (inverse * xi).mean(1), (inverse * delta.real).mean(1), (inverse * delta.imag).mean(1)]
+    )
+    g_loc = e[:, 0, None, None] * s[0, :, None, None] * SIGMA_0 + (
+        s[1, :, None, None] * SIGMA_Z + s[2, :, None, None] * SIGMA_X - s[3, :, None, None] * SIGMA_Y
+    )
+    out = np.zeros((e.shape[0], 1, 4, 4), dtype=np.complex128)
+    for sector in ((0, 2), (1, 3)):
+        out[:, 0, np.array(sector)[:, None], np.array(sector)[None, :]] = g_loc
+    return out
+
+
+def spin_sector_energies(model, impurity, kgrid, *, edge_margin=1e-6, n_scan=64, xtol=1e-14) -> dict:
+    """Shiba energies of one impurity on a one-orbital spin-invariant host, from the two 2 x 2 spin sectors.
+
+    Host: T_d = t_d sigma_0 (no spin-orbit coupling) and singlet Delta_k; impurity: K tau_z + J n_z tau_0 sigma_z (its
+    spin along +-z, one channel). The Nambu space splits into the sectors sigma = +1 (c_up, c+_down) and sigma = -1
+    (c_down, -c+_up), both with H(k) = xi_k tau_z + Re Delta_k tau_x - Im Delta_k tau_y, H(k)^2 = E_k^2 =
+    xi_k^2 + |Delta_k|^2, so that
+
+        G0_loc(E) = mean_k (E + H(k)) / (E^2 - E_k^2),      V_sigma = K tau_z + sigma J n_z,
+
+    and the bound states are the zeros of det[1 - V_sigma G0_loc(E)] for |E| < gap (1 - edge_margin), both sectors
+    searched on the whole gap: a sign scan of the eigenvalues of V_sigma^-1 - G0_loc(E) (on the coupled directions)
+    on ``n_scan`` energies, then ``brentq`` to ``xtol``. Returns {"energies" (sorted, with multiplicity), "gap"}.
+    """
+    spin = np.asarray(impurity.spin, dtype=np.float64)
+    if len(impurity.channels) != 1 or np.max(np.abs(spin[:2])) > 1e-15:
+        raise ValueError("spin_sector_energies needs one channel and the spin along +-z")
+    xi, delta = _sector_host(model, kgrid)
+    e2 = xi**2 + np.abs(delta) ** 2
+    features = np.stack([np.ones_like(xi), xi, delta.real, delta.imag], axis=1) / xi.size  # (N, 4)
+    gap = float(np.sqrt(e2.min()))
+
+    def g_loc(energies):  # (n_E,) -> (n_E, 2, 2), 8 energies at a time (memory ~8 N floats)
+        blocks = np.split(energies, range(8, energies.size, 8))
+        s = np.concatenate([(1.0 / (e[:, None] ** 2 - e2[None])) @ features for e in blocks])[:, :, None, None]
+        return energies[:, None, None] * s[:, 0] * SIGMA_0 + s[:, 1] * SIGMA_Z + s[:, 2] * SIGMA_X - s[:, 3] * SIGMA_Y
+
+    e_max = gap * (1.0 - edge_margin)
+    scan = np.linspace(-e_max, e_max, n_scan)
+    g_scan = g_loc(scan)
+    channel = impurity.channels[0]
+    roots = []
+    for sigma in (1.0, -1.0):
+        exchange = sigma * float(channel.J) * spin[2]
+        v = np.array([float(channel.K) + exchange, -float(channel.K) + exchange])  # V_sigma is diagonal
+        keep = np.abs(v) > ZERO_COUPLING * np.max(np.abs(v))
+        if not keep.any():
+            continue
+
+        def eigenvalues(g, v=v, keep=keep):  # sorted eigenvalues of V^-1 - G on the coupled directions, (n_E, r)
+            return np.linalg.eigvalsh(np.diag(1.0 / v[keep])[None] - g[:, keep][:, :, keep])
+
+        lam = eigenvalues(g_scan)
+        for idx in range(lam.shape[1]):
+            s = lam[:, idx]
+            for i in np.nonzero((s[:-1] < 0) & (s[1:] >= 0))[0]:
+
+                def f(e, idx=idx, eigenvalues=eigenvalues):
+                    return float(eigenvalues(g_loc(np.array([e])))[0, idx])
+
+                roots.append(scan[i + 1] if s[i + 1] == 0 else brentq(f, scan[i], scan[i + 1], xtol=xtol))
+    return {"energies": np.sort(np.asarray(roots, dtype=np.float64)), "gap": gap}

@@ -18,6 +18,7 @@ from shibajax import (
     clusters,  # shibajax.clusters.helical_chain(...) likewise
     models,
 )
+from shibajax._compilation_cache import enable_compilation_cache
 from shibajax.bands import band_structure, filling, high_symmetry_path, normal_state_dos
 from shibajax.bound_states import (
     BoundStateBatch,
@@ -29,6 +30,7 @@ from shibajax.bound_states import (
 from shibajax.brillouin_zone import gap_edge, monkhorst_pack
 from shibajax.greens_function import greens_function
 from shibajax.impurities import Channel, Impurity, impurity_potential
+from shibajax.ray_mesh import physical_gap_bound_states
 from shibajax.tmatrix import LDOS, greens_function_with_impurities, ldos, t_matrix
 
 __version__ = "0.1.0"
@@ -58,6 +60,8 @@ __all__ = [
     "bound_state_energies",
     "bound_states",
     "clusters",
+    "enable_compilation_cache",
+    "physical_gap_bound_states",
     "energies_of_potential",
     "filling",
     "gap_edge",

@@ -32,10 +32,12 @@ import numpy as np
 from shibajax import (
     _linalg,
     _precision,  # noqa: F401
+    spin_sectors,
 )
 from shibajax.brillouin_zone import (
     COMPLEX_BYTES,
     NO_GAP,
+    REAL_BYTES,
     KMesh,
     check_chunk_size,
     check_memory,
@@ -66,6 +68,7 @@ from shibajax.greens_function import (
 )
 from shibajax.impurities import check_separations, impurity_potential
 from shibajax.models.tight_binding import TightBindingModel
+from shibajax.ray_mesh import channel_operator, compressed_for
 from shibajax.tmatrix import block_matrix, unique_displacements
 
 #: Root tolerance, relative to the gap edge: 1e-12 (the issue asks for 1e-10 of Delta).
@@ -76,6 +79,9 @@ DEGENERACY_TOL = 1e-9
 EDGE_MARGIN = 1e-6
 #: A channel eigenvalue of V smaller than this times max |eig V| is treated as exactly zero (decoupled).
 ZERO_COUPLING = 1e-12
+#: Search spin-invariant hosts with collinear spins in their conserved spin sectors (:mod:`shibajax.spin_sectors`);
+#: False forces the general 4 n_orb path everywhere (the same answers; for comparisons).
+SPIN_SECTORS = True
 #: Keep the grid's eigensystem in memory for the Newton steps when it has at most this many complex elements
 #: (2**24 = 256 MiB); larger grids are diagonalised chunk by chunk at every step.
 EIGENSYSTEM_CACHE_ELEMENTS = 2**24
@@ -123,6 +129,9 @@ def _channel_green(model, sites, disp, idx_imp, form, kgrid, chunk_size, eigensy
     """
     m = model.nambu_dim
     r = form.q.shape[1]
+    compressed = compressed_for(kgrid, model)
+    if compressed is not None:  # a ray mesh in band-resolved form: far nodes summed once (real in-gap energies)
+        return channel_operator(compressed, sites, form.q)
     if r * r + sites.shape[0] * m * r < disp.shape[0] * m * m:
         return lambda z, p: projected_greens_sum(
             model, sites, form.q, z, kgrid=kgrid, chunk_size=chunk_size, max_power=p, eigensystem=eigensystem
@@ -212,15 +221,16 @@ def _refine_crossings(evaluate, grid, lam_grid, index, crossing, atol, max_iter)
     return roots, done
 
 
-def _bracket(
-    model, potential, sites, disp, idx_imp, edge_margin, kgrid, chunk_size, cache, rank, host=False, host_ok=None
-):
-    """Shared first stage: the channel form, G0 evaluator, gap and the sorted eigenvalues of A on the bracket grid.
+@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "rank", "host"))
+def _bracket(model, potential, sites, disp, idx_imp, edge_margin, host_ok, *, kgrid, chunk_size, cache, rank, host):
+    """First stage of a search: the grid's eigensystem (kept when ``cache``), gap edge, has_gap, the bracket
+    energies and the sorted eigenvalues of A on them (N_BRACKET, R), and the number of positive crossings (which
+    sizes the Newton stage of bound_states). The Newton stage (:func:`_solve`) starts from this state instead of
+    diagonalising the grid again.
 
     ``has_gap`` is the host's: with ``host`` (a traced model) found here (:func:`~shibajax.brillouin_zone.
     gap_from_starts`, started at the grid's lowest points), else ``host_ok`` (from the cached
-    :func:`~shibajax.brillouin_zone.host_gap` of a concrete model) and a nonzero grid gap; None when neither is
-    given (counting crossings only).
+    :func:`~shibajax.brillouin_zone.host_gap` of a concrete model) and a nonzero grid gap.
     """
     form = _hermitian_form(potential, rank)
     if cache:  # diagonalise once, reuse in every Newton step
@@ -236,10 +246,8 @@ def _bracket(
             return scan_gap(rescaled(model), kgrid, chunk_size)[1]
 
         has_gap = gap_from_starts(model, gap, starts, grid_spacing(kgrid), other).has_gap
-    elif host_ok is not None:
-        has_gap = host_ok & (gap > NO_GAP * jnp.max(jnp.abs(model.hoppings)))
     else:
-        has_gap = None
+        has_gap = host_ok & (gap > NO_GAP * jnp.max(jnp.abs(model.hoppings)))
     e_max = gap * (1.0 - edge_margin)
     # Particle-hole symmetry pairs every root E with -E, so search (0, e_max) and mirror. The sorted eigenvalues
     # crossing zero there are a contiguous block k = n_pos_end .. n_neg_zero - 1 of at most R/2 indices.
@@ -247,27 +255,20 @@ def _bracket(
     grid = grid.at[-1].set(e_max)
     a_grid, _ = _form_at(green, form, grid, derivative=False)
     lam_grid = _linalg.eigvalsh(a_grid)  # (N_BRACKET, R), each column increasing
-    return form, green, gap, has_gap, grid, lam_grid
+    count = jnp.sum(lam_grid[0] < 0) - jnp.sum(lam_grid[-1] <= 0)
+    return (eig, gap, has_gap, grid, lam_grid), count
 
 
-@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "rank"))
-def _count_crossings(model, potential, sites, disp, idx_imp, edge_margin, *, kgrid, chunk_size, cache, rank=None):
-    """Number of positive-energy crossings (cheap: the bracket grid only); sizes the Newton stage of bound_states."""
-    *_, lam_grid = _bracket(model, potential, sites, disp, idx_imp, edge_margin, kgrid, chunk_size, cache, rank)
-    return jnp.sum(lam_grid[0] < 0) - jnp.sum(lam_grid[-1] <= 0)
-
-
-@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "rank", "slots", "max_iter", "host"))
+@partial(jax.jit, static_argnames=("kgrid", "chunk_size", "cache", "rank", "slots", "max_iter", "vectors"))
 def _solve(
     model,
     potential,
     sites,
     disp,
     idx_imp,
-    edge_margin,
+    bracket,
     tol,
     deg_tol,
-    host_ok,
     *,
     kgrid,
     chunk_size,
@@ -275,11 +276,13 @@ def _solve(
     rank=None,
     slots=None,
     max_iter=100,
-    host=False,
+    vectors=False,
 ):
-    form, green, gap, has_gap, grid, lam_grid = _bracket(
-        model, potential, sites, disp, idx_imp, edge_margin, kgrid, chunk_size, cache, rank, host, host_ok
-    )
+    """Newton stage from the state of :func:`_bracket`: a :class:`BoundStateBatch`, and with ``vectors`` the
+    roots (+E then -E), which cross, and A, dA at each (eigenvalues, eigenvectors, dA) for the amplitudes."""
+    eig, gap, has_gap, grid, lam_grid = bracket
+    form = _hermitian_form(potential, rank)
+    green = _channel_green(model, sites, disp, idx_imp, form, kgrid, chunk_size, eig)
     r = form.q.shape[1]
     n_neg_zero = jnp.sum(lam_grid[0] < 0)
     n_pos_end = jnp.sum(lam_grid[-1] <= 0)
@@ -298,7 +301,185 @@ def _solve(
     found = jnp.isfinite(energies)
     close = jnp.abs(energies[:, None] - energies[None, :]) < deg_tol * gap
     multiplicity = jnp.where(found, jnp.sum(close & found[None, :], axis=1), 0)
-    return BoundStateBatch(energies, multiplicity, jnp.sum(found), gap, has_gap, jnp.all(done | ~crossing))
+    batch = BoundStateBatch(energies, multiplicity, jnp.sum(found), gap, has_gap, jnp.all(done | ~crossing))
+    if not vectors:
+        return batch, None
+    a, da = _form_at(green, form, jnp.where(crossing, roots, 0.0))  # the amplitudes step: no second BZ sum
+    lam, vec = _linalg.eigh(a)
+    return batch, (roots, crossing, lam, vec, da, form.q)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Spin sectors: a spin-invariant host with collinear spins (shibajax.spin_sectors), searched in sector 0 only
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Energies of the sector bracket, E = e_max sin(theta), theta uniform in [-pi/2, pi/2]: the N_BRACKET energies of
+#: (0, e_max) mirrored, since a sector is searched on the whole gap (-e_max, e_max).
+N_SECTOR_BRACKET = 2 * N_BRACKET - 1
+
+
+class _SectorSearch(NamedTuple):
+    """A sector search set up on the host: the plan (:func:`~shibajax.spin_sectors.sector_plan`), the static
+    spec, the jit inputs and the sizes of the result."""
+
+    plan: spin_sectors.SectorPlan
+    spec: spin_sectors.SectorSpec
+    arrays: spin_sectors.SectorArrays
+    host_ok: bool  # the host has a full gap (decided once per host, before the search)
+    hopping: float
+    kgrid: tuple | KMesh
+    sites: np.ndarray
+    n_out: int  # length of the padded result (as the general path's)
+
+
+def _sector_search(model, potential, sites, kgrid, chunk_size, n_out, need_gap) -> _SectorSearch | None:
+    """Set up a sector search for a concrete potential, or None (the general path). ``kgrid`` validated;
+    ``n_out``: entries of the result (R for energies_of_potential, the rank otherwise). With ``need_gap`` a gapless
+    host raises NoGapError here (as :func:`require_gap`), before anything is compiled."""
+    plan = spin_sectors.sector_plan(model, potential, sites.shape[0], kgrid, ZERO_COUPLING)
+    if plan is None:
+        return None
+    host, m, r = plan.host, 2 * model.n_orb, plan.rank
+    # one site on a uniform grid: every point of an orbit of the host's point group has the same H_r(k) and the
+    # same terms (the phase exp(i k.R) drops out), so the cache runs over one point per orbit, weighted by its size
+    orbits = (
+        spin_sectors.grid_orbits(kgrid, host.symmetries) if plan.n_sites == 1 and isinstance(kgrid, tuple) else None
+    )
+    n_k = n_points(kgrid) if orbits is None else orbits[0].shape[0]
+    n_feat = r * (r + 1) // 2 if plan.real else r * r
+    rows = max(N_SECTOR_BRACKET, 2 * r)  # resolvent rows of one evaluation (bracket, or Newton with G and G^2)
+    # Memory: with the cache, E and the channel features of every point (reals; while they are built also the
+    # eigenvectors and the outer products b b^dagger, complex) and per chunk the resolvent rows; without it, per chunk
+    # also the eigenvectors and the outer products
+    limit, _ = memory_limit()
+    cache_bytes = REAL_BYTES * n_k * m * (1 + n_feat) + COMPLEX_BYTES * n_k * m * (m + 2 * r * r)
+    cache_bytes += kpoint_bytes(n_k, model.dim)
+    cache = n_k * m * (1 + n_feat) <= 2 * EIGENSYSTEM_CACHE_ELEMENTS and cache_bytes <= limit / 4
+    if not cache:  # diagonalised chunk by chunk in every evaluation: the whole grid
+        orbits, n_k = None, n_points(kgrid)
+    per_k = m * (rows + n_feat) if cache else m * (rows + n_feat + m + 2 * r * r)
+    chunks, size = spin_sectors.plan_chunks(n_k, default_chunk_size(n_k, per_k) if chunk_size is None else chunk_size)
+    estimate = kpoint_bytes(n_k, model.dim) + 2 * COMPLEX_BYTES * size * per_k + (cache_bytes if cache else 0)
+    if estimate > limit:  # (check_memory reads the limit again and raises with the figures)
+        check_memory(
+            estimate,
+            f"the bound-state search ({sites.shape[0]} impurity sites, {2 * r} coupled channel directions in two "
+            f"spin sectors, {n_k:.3g} k-points, chunk_size = {size})",
+            "Use a smaller k-grid or chunk_size, or fewer impurity sites",
+        )
+    if need_gap and not host.full_gap:
+        require_gap(model, kgrid)
+    host_ok = host.full_gap or bool(host_has_gap(model, kgrid))
+    spec = spin_sectors.SectorSpec(
+        model.hop_displacements, model.pair_displacements, kgrid, chunks, size, cache, host.real, plan.real,
+        orbits is not None,
+    )  # fmt: skip
+    q = plan.q.reshape(plan.n_sites, m, r)
+    arrays = spin_sectors.SectorArrays(
+        jnp.asarray(host.hoppings), jnp.asarray(host.pairing), jnp.asarray(sites, jnp.float64),
+        jnp.asarray(q.real if plan.real else q), jnp.asarray(plan.inverse), *(orbits or (None, None)),
+    )  # fmt: skip
+    return _SectorSearch(plan, spec, arrays, host_ok, host.hopping, kgrid, sites, n_out)
+
+
+def _sector_form(spec, arrays, cache):
+    """x (n,) -> (A_0(x), dA_0/dx), each (n, r, r): A_0 = Lambda_0^-1 - Q_0^dagger G_r(x) Q_0 of sector 0."""
+    norm = normalisation(spec.kgrid)
+
+    def form(x, derivative=True):
+        gs = spin_sectors.channel_sums(spec, arrays, x, 2 if derivative else 1, cache=cache, norm=norm)
+        a = jnp.diag(arrays.inverse) - gs[0]
+        return (a, gs[1]) if derivative else (a, None)
+
+    return form
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _sector_bracket(arrays, edge_margin, host_ok, hopping, *, spec):
+    """(cache, gap edge, has_gap, bracket energies, sorted eigenvalues of A_0 on them (N_SECTOR_BRACKET, r)) and the
+    number of crossings. The cache (``spec.cache``) holds the grid's sector eigenvalues and channel features; the
+    bracket covers the whole gap: a sector alone is not particle-hole symmetric."""
+    if spec.cache:
+        eig, gap = spin_sectors.grid_cache(spec, arrays)
+    else:
+        eig, gap = None, spin_sectors.grid_gap(spec, arrays.hoppings, arrays.pairing)
+    has_gap = host_ok & (gap > NO_GAP * hopping)
+    e_max = gap * (1.0 - edge_margin)
+    grid = e_max * jnp.sin(jnp.linspace(-0.5 * jnp.pi, 0.5 * jnp.pi, N_SECTOR_BRACKET))
+    grid = grid.at[0].set(-e_max).at[-1].set(e_max)
+    a_grid, _ = _sector_form(spec, arrays, eig)(grid, derivative=False)
+    lam_grid = _linalg.eigvalsh(a_grid)
+    # crossings in sector 0: eigenvalues negative at -e_max less those not yet positive at e_max
+    count = jnp.sum(lam_grid[0] < 0) - jnp.sum(lam_grid[-1] <= 0)
+    return (eig, gap, has_gap, grid, lam_grid), count
+
+
+@partial(jax.jit, static_argnames=("spec", "slots", "n_out", "vectors", "max_iter"))
+def _sector_refine(arrays, bracket, tol, deg_tol, *, spec, slots, n_out, vectors=False, max_iter=100):
+    """Newton stage of a sector search: ``slots`` roots of sector 0 (every crossing when slots = r), mirrored to
+    sector 1 (E -> -E), as a :class:`BoundStateBatch` padded to ``n_out``; with ``vectors`` also the roots, which
+    slots cross, and A_0, dA_0 at the roots (eigenvalues, eigenvectors and dA_0) for the amplitudes."""
+    eig, gap, has_gap, grid, lam_grid = bracket
+    form = _sector_form(spec, arrays, eig)
+    r = lam_grid.shape[1]
+    n_neg = jnp.sum(lam_grid[0] < 0)
+    index = jnp.sum(lam_grid[-1] <= 0) + jnp.arange(slots)
+    crossing = (index < n_neg) & has_gap
+    index = jnp.minimum(index, r - 1)
+    roots, done = _refine_crossings(form, grid, lam_grid, index, crossing, tol * gap, max_iter)
+    both = jnp.concatenate([crossing, crossing])
+    energies = jnp.sort(jnp.where(both, jnp.concatenate([roots, -roots]), jnp.nan))
+    energies = jnp.concatenate([energies, jnp.full(n_out - 2 * slots, jnp.nan)])
+    found = jnp.isfinite(energies)
+    close = jnp.abs(energies[:, None] - energies[None, :]) < deg_tol * gap
+    multiplicity = jnp.where(found, jnp.sum(close & found[None, :], axis=1), 0)
+    converged = jnp.all(done | ~crossing)
+    batch = BoundStateBatch(energies, multiplicity, jnp.sum(found), gap, has_gap, converged)
+    if not vectors:
+        return batch, None
+    a, da = form(jnp.where(crossing, roots, 0.0))
+    lam, vec = _linalg.eigh(a)
+    return batch, (roots, crossing, lam, vec, da)
+
+
+def _run_sector(search: _SectorSearch, edge_margin, tol, degeneracy_tol, compact=False, vectors=False):
+    """Bracket and refine; with ``compact`` (host-side) the crossings are counted first and only those refined."""
+    bracket, count = _sector_bracket(search.arrays, edge_margin, search.host_ok, search.hopping, spec=search.spec)
+    slots = max(1, int(count)) if compact else search.plan.rank
+    return _sector_refine(
+        search.arrays, bracket, tol, degeneracy_tol,
+        spec=search.spec, slots=slots, n_out=search.n_out, vectors=vectors,
+    )  # fmt: skip
+
+
+def _sector_amplitudes(search: _SectorSearch, n_orb, extra, tol) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Levels, multiplicities and full-basis amplitudes of a sector search.
+
+    The roots are sector 0's (slot i at E_i) and their mirror images, sector 1's (at -E_i); they are grouped into
+    levels as :func:`_cluster` does. A level's sector-0 part spans the null vectors of A_0 at one of its sector-0
+    roots (as many as it has there), its sector-1 part the particle-hole images of the null vectors of A_0 at the
+    mirrored roots; each part is orthonormal in dA_0 = Q_0^dagger G_r^2 Q_0 (the norm over the lattice).
+    """
+    roots, crossing, lam, vec, da = (np.asarray(x) for x in extra)
+    slots = np.flatnonzero(crossing)
+    values = np.concatenate([roots[slots], -roots[slots]])
+    labels = [(0, int(i)) for i in slots] + [(1, int(i)) for i in slots]
+    q = search.plan.q
+
+    def part(members):  # sector-0 amplitudes at the roots of these slots, (R0, len(members))
+        if not members:
+            return np.zeros((q.shape[0], 0), q.dtype)
+        return _null_space(lam[members[0]], vec[members[0]], da[members[0]], q, len(members))
+
+    levels, mults, amplitudes = [], [], []
+    for group in _groups(values, tol):
+        members = [labels[j] for j in group]
+        levels.append(np.mean(values[group]))
+        mults.append(len(group))
+        chi0 = part([i for s, i in members if s == 0])
+        chi1 = part([i for s, i in members if s == 1])
+        amplitudes.append(spin_sectors.full_amplitudes(search.plan, n_orb, chi0, chi1))
+    return np.asarray(levels, np.float64), np.asarray(mults, dtype=int), tuple(amplitudes)
 
 
 class _Geometry(NamedTuple):
@@ -324,6 +505,7 @@ def _geometry(model, sites, n_channels, kgrid, chunk_size) -> _Geometry:
     n_k = n_points(kgrid)
     cache_bytes = COMPLEX_BYTES * n_k * (m * m + m) + kpoint_bytes(n_k, model.dim)
     cache = n_k * m * m <= EIGENSYSTEM_CACHE_ELEMENTS and cache_bytes <= memory_limit()[0] / 4
+    cache = cache and compressed_for(kgrid, model) is None  # a compressed ray mesh needs no eigensystem
     # Memory (checked before compiling): the G0 sums of the bracket (N_BRACKET energies) and Newton stages (a root
     # per positive channel direction, G0 and G0^2), in whichever channel route is larger, the matrices A(E), and
     # the cached eigensystem.
@@ -447,35 +629,51 @@ def _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, c
     _check_search_settings(edge_margin, tol, degeneracy_tol, chunk_size)
     check_pairing(model)
     sites, potential = impurity_potential(impurities, model)
+    rank = potential_rank(potential)
+    sector = _sector_setup(model, potential, sites, kgrid, chunk_size, rank, need_gap=compact)
+    if sector is not None:  # spin-invariant host, collinear spins: two spin sectors, one searched
+        batch, extra = _run_sector(sector, edge_margin, tol, degeneracy_tol, compact=compact, vectors=compact)
+        return batch, (sector, extra)
     geometry = _geometry(model, sites, potential.shape[0], kgrid, chunk_size)
     if compact:
         require_gap(model, geometry.kgrid)
-    batch = _search(
-        model, potential, geometry, edge_margin, tol, degeneracy_tol, rank=potential_rank(potential), compact=compact
+    batch, extra = _search(
+        model, potential, geometry, edge_margin, tol, degeneracy_tol, rank=rank, compact=compact, vectors=compact
     )
-    return batch, (geometry, potential)
+    return batch, (geometry, extra)
 
 
-def _search(model, potential, geometry, edge_margin, tol, degeneracy_tol, *, rank=None, compact=False):
+def _sector_setup(model, potential, sites, kgrid, chunk_size, rank, need_gap=False):
+    """:func:`_sector_search` for a potential of ``rank`` coupled directions (None: all R), on a validated grid."""
+    if not SPIN_SECTORS or isinstance(potential, jax.core.Tracer):
+        return None
+    kgrid = validate_kgrid(kgrid, model.dim)
+    check_separations(sites, kgrid)
+    n_out = potential.shape[0] if rank is None else rank
+    return _sector_search(model, potential, sites, kgrid, chunk_size, n_out, need_gap)
+
+
+def _search(model, potential, geometry, edge_margin, tol, degeneracy_tol, *, rank=None, compact=False, vectors=False):
     """Run the jitted search for the potential (R, R) on ``geometry``; ``rank``: search only the rank strongest
     channel directions (None: all R, fixed shapes). With ``compact`` (concrete potentials only) the crossings
-    are counted first and the Newton stage refines only those, instead of one slot per channel direction: much
-    cheaper for large clusters with few states."""
+    are counted first (the bracket stage) and the Newton stage refines only those, instead of one slot per channel
+    direction: much cheaper for large clusters with few states. Returns (batch, amplitude data or None)."""
     g = geometry
     site_array = jnp.asarray(g.sites, jnp.float64)
-    slots = None
-    if compact and not isinstance(potential, jax.core.Tracer):
-        slots = max(1, int(_count_crossings(
-            model, potential, site_array, g.disp, g.idx_imp, edge_margin,
-            kgrid=g.kgrid, chunk_size=g.chunk_size, cache=g.cache, rank=rank,
-        )))  # fmt: skip
     # The host's gap: of a concrete model from host_gap (cached per host, compiled apart from the search), of a
     # traced one (vmap over model parameters) inside the search
     traced = any(isinstance(x, jax.core.Tracer) for x in (model.hoppings, model.pairing))
     host_ok = jnp.asarray(True) if traced else host_has_gap(model, g.kgrid)
+    bracket, count = _bracket(
+        model, potential, site_array, g.disp, g.idx_imp, edge_margin, host_ok,
+        kgrid=g.kgrid, chunk_size=g.chunk_size, cache=g.cache, rank=rank, host=traced,
+    )  # fmt: skip
+    slots = None
+    if compact and not isinstance(count, jax.core.Tracer):
+        slots = max(1, int(count))
     return _solve(
-        model, potential, site_array, g.disp, g.idx_imp, edge_margin, tol, degeneracy_tol, host_ok,
-        kgrid=g.kgrid, chunk_size=g.chunk_size, cache=g.cache, rank=rank, slots=slots, host=traced,
+        model, potential, site_array, g.disp, g.idx_imp, bracket, tol, degeneracy_tol,
+        kgrid=g.kgrid, chunk_size=g.chunk_size, cache=g.cache, rank=rank, slots=slots, vectors=vectors,
     )  # fmt: skip
 
 
@@ -534,8 +732,12 @@ def energies_of_potential(
             f"potential must be ({size}, {size}) for {sites.shape[0]} sites of {model.nambu_dim} Nambu components; "
             f"got {jnp.shape(potential)}"
         )
+    _check_search_settings(edge_margin, tol, degeneracy_tol, chunk_size)
+    sector = _sector_setup(model, potential, sites, kgrid, chunk_size, None)
+    if sector is not None:  # spin-invariant host, collinear spins: two spin sectors, one searched
+        return _run_sector(sector, edge_margin, tol, degeneracy_tol)[0]
     geometry = _geometry(model, sites, size, kgrid, chunk_size)
-    return _search(model, jnp.asarray(potential, jnp.complex128), geometry, edge_margin, tol, degeneracy_tol)
+    return _search(model, jnp.asarray(potential, jnp.complex128), geometry, edge_margin, tol, degeneracy_tol)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -666,17 +868,17 @@ def bound_states(
         >>> bs.multiplicities.tolist()
         [1, 1]
     """
-    batch, (geometry, potential) = _checked_solve(
+    batch, (setup, extra) = _checked_solve(
         model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=True
     )
-    kgrid, sites, disp, idx_imp, chunk_size, _ = geometry
+    kgrid, sites = setup.kgrid, setup.sites
     gap = float(batch.gap_edge)
     if not bool(batch.has_gap):
         raise _no_gap_error(host_gap(model, kgrid))
-    energies = np.asarray(batch.energies)
-    energies = energies[np.isfinite(energies)]
-    levels, mults = _cluster(energies, degeneracy_tol * gap)
-    amplitudes = _amplitudes(model, potential, sites, disp, idx_imp, levels, mults, kgrid, chunk_size)
+    if isinstance(setup, _SectorSearch):
+        levels, mults, amplitudes = _sector_amplitudes(setup, model.n_orb, extra, degeneracy_tol * gap)
+    else:
+        levels, mults, amplitudes = _general_amplitudes(sites.shape[0], model.nambu_dim, extra, degeneracy_tol * gap)
     return BoundStates(
         energies=levels,
         multiplicities=mults,
@@ -689,36 +891,43 @@ def bound_states(
     )
 
 
+def _groups(values: np.ndarray, tol: float) -> list[list[int]]:
+    """Indices of ``values`` grouped into levels as :func:`_cluster` does: sorted, a new level wherever the gap to
+    the previous root is at least ``tol``."""
+    groups: list[list[int]] = []
+    for j in np.argsort(values, kind="stable"):
+        if groups and values[j] - values[groups[-1][-1]] < tol:
+            groups[-1].append(int(j))
+        else:
+            groups.append([int(j)])
+    return groups
+
+
 def _cluster(energies: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Group sorted roots closer than tol; return level energies (means) and multiplicities."""
-    if energies.size == 0:
-        return np.zeros(0), np.zeros(0, dtype=int)
-    groups = [[energies[0]]]
-    for e in energies[1:]:
-        if e - groups[-1][-1] < tol:
-            groups[-1].append(e)
-        else:
-            groups.append([e])
-    return np.array([np.mean(g) for g in groups]), np.array([len(g) for g in groups], dtype=int)
+    groups = _groups(np.asarray(energies, dtype=np.float64), tol)
+    return np.array([np.mean(energies[g]) for g in groups]), np.array([len(g) for g in groups], dtype=int)
 
 
-def _amplitudes(model, potential, sites, disp, idx_imp, levels, mults, kgrid, chunk_size):
-    """Orthonormal impurity-space amplitudes chi = Q w of each level, (m, n_imp, M) each."""
-    if levels.size == 0:
-        return ()
-    form = _hermitian_form(potential, potential_rank(potential))
-    n_imp = sites.shape[0]
-    green = _channel_green(model, jnp.asarray(sites, jnp.float64), disp, idx_imp, form, kgrid, chunk_size, None)
-    a, da = _form_at(green, form, jnp.asarray(levels))
-    lam, vec = np.linalg.eigh(np.asarray(a))
-    out = []
-    m_dim = model.nambu_dim
-    for i, m in enumerate(mults):
-        order = np.argsort(np.abs(lam[i]))[:m]
-        w = vec[i][:, order]  # (R, m)
-        metric = w.conj().T @ np.asarray(da[i]) @ w  # norm over the lattice: chi^dagger G0^2 chi
-        evals, evecs = np.linalg.eigh(metric)
-        w = w @ evecs @ np.diag(evals**-0.5) @ evecs.conj().T
-        chi = np.asarray(form.q) @ w  # (R, m)
-        out.append(chi.T.reshape(m, n_imp, m_dim))
-    return tuple(out)
+def _null_space(lam, vec, da, q, m):
+    """chi = Q w for the m eigenvectors w of A with the smallest |eigenvalue|, orthonormal in the metric
+    dA = Q^dagger G0^2 Q (the norm over the lattice, chi^dagger G0^2 chi): (R, m)."""
+    w = vec[:, np.argsort(np.abs(lam))[:m]]
+    evals, evecs = np.linalg.eigh(w.conj().T @ da @ w)
+    return q @ (w @ evecs @ np.diag(evals**-0.5) @ evecs.conj().T)
+
+
+def _general_amplitudes(n_imp: int, m_dim: int, extra, tol: float):
+    """Levels, multiplicities and amplitudes (m, n_imp, M) from the Newton stage of the general search: A and dA
+    at every root (+E and -E, the same BZ sums), the null vectors of A at one root of each level."""
+    roots, crossing, lam, vec, da, q = (np.asarray(x) for x in extra)
+    keep = np.flatnonzero(crossing)
+    values = roots[keep]
+    levels, mults, amplitudes = [], [], []
+    for group in _groups(values, tol):
+        i = keep[group[0]]
+        levels.append(np.mean(values[group]))
+        mults.append(len(group))
+        chi = _null_space(lam[i], vec[i], da[i], q, len(group))
+        amplitudes.append(chi.T.reshape(len(group), n_imp, m_dim))
+    return np.asarray(levels, np.float64), np.asarray(mults, dtype=int), tuple(amplitudes)

@@ -11,9 +11,12 @@ import argparse
 import json
 import platform
 import sys
+import warnings
 from importlib import metadata
 
 from shibajax import __version__
+from shibajax._compilation_cache import CompilationCacheWarning, compilation_cache_report, enable_compilation_cache
+from shibajax._compilation_cache import describe as describe_cache
 from shibajax.errors import ShibajaxError
 
 _PACKAGES = ("jax", "jaxlib", "numpy", "scipy", "optax", "matplotlib")
@@ -45,6 +48,7 @@ def collect_info() -> dict:
         "devices": [str(d) for d in jax.devices()],
         "precision": precision_report(),
         "threading": threading_report(),
+        "compilation_cache": compilation_cache_report(),
     }
 
 
@@ -61,6 +65,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     t = info["threading"]
     libs = ", ".join(f"{name} ({n} threads)" for name, n in t["lapack_libraries"].items()) or "none found"
     rows.append(("LAPACK threads", f"{t['lapack_threads']} in jaxlib's CPU kernels: {libs}"))
+    rows.append(("compilation cache", describe_cache(info["compilation_cache"])))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -208,13 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _enable_cache() -> None:
+    """JAX's persistent compilation cache for every subcommand (shibajax/_compilation_cache.py); an unusable
+    folder is one ``warning:`` line on stderr, never an error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CompilationCacheWarning)
+        enable_compilation_cache()
+    for w in caught:
+        if issubclass(w.category, CompilationCacheWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``shibajax`` command; returns the exit status (0 ok, 2 bad input)."""
+    """Entry point of the ``shibajax`` command; returns the exit status (0 ok, 2 bad input).
+
+    Turns on JAX's persistent compilation cache first (``$SHIBAJAX_COMPILATION_CACHE``: a folder, or ``off``).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    _enable_cache()
     try:
         return args.func(args)
     except ShibajaxError as err:

@@ -17,6 +17,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # the tests run in two pytest-xdist workers (pyproject.toml): on a GPU machine both share the device, so neither
 # may preallocate most of its memory
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# the CLI turns on JAX's persistent compilation cache (shibajax/_compilation_cache.py): tests that call its main()
+# in-process must not fill ~/.cache (nor read compiled kernels from disk in later tests of the same worker)
+os.environ.setdefault("SHIBAJAX_COMPILATION_CACHE", "off")
 
 import pytest  # noqa: E402
 import shared_data  # noqa: E402
