@@ -383,27 +383,6 @@ def _lagrange(nodes: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _graded_edges(lo, hi, roots, speeds, omega_min, settings):
-    """Panel edges on [lo, hi] graded towards every root (ascending)."""
-    edges = [lo, hi]
-    for r, v in zip(roots, speeds, strict=True):
-        width = omega_min / max(v, 1e-300)
-        edges += [r - width, r + width]
-        while width < hi - lo:
-            width *= settings.grading
-            edges += [r - width, r + width]
-    return np.unique(np.clip(np.asarray(edges), lo, hi))
-
-
-def _split(edges, size):
-    """Edges with every panel longer than ``size`` split evenly."""
-    out = [edges[0]]
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
-        n = max(1, math.ceil((b - a) / size - 1e-12))
-        out.extend(np.linspace(a, b, n + 1)[1:])
-    return np.asarray(out)
-
-
 def _spans(roots, half):
     """Merged intervals [r - half, r + half] (clipped to [0, 1]) around sorted roots: list of (lo, hi, roots)."""
     spans = []
@@ -613,6 +592,13 @@ def node_weights(rq: RayQuadrature, z, power: int, mask=None):
     return jnp.concatenate([direct[:, :n_direct].astype(spread.dtype), spread], axis=1)
 
 
+def _in_chunks(x, axis, *, n_chunks, chunk, pad):
+    """x with axis ``axis`` zero-padded by ``pad`` and split into (n_chunks, chunk)."""
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths).reshape(*x.shape[:axis], n_chunks, chunk, *x.shape[axis + 1 :])
+
+
 def _node_chunks(rq: RayQuadrature, chunk: int):
     """(n_chunks, padding, chunk) for a scan over the nodes in chunks of at most ``chunk``."""
     n = rq.node_k.shape[0]
@@ -637,10 +623,7 @@ def channel_sum(rq: RayQuadrature, sites, q, z, max_power: int = 1, chunk: int =
     weights = [node_weights(rq, z, p) for p in range(1, max_power + 1)]  # each (n_z, n_a, B, 4)
     n_chunks, pad, chunk = _node_chunks(rq, chunk)
 
-    def padded(x, axis):
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, pad)
-        return jnp.pad(x, widths).reshape(*x.shape[:axis], n_chunks, chunk, *x.shape[axis + 1 :])
+    padded = partial(_in_chunks, n_chunks=n_chunks, chunk=chunk, pad=pad)
 
     ks, us = padded(rq.node_k, 0), padded(rq.node_u, 0)
     ws = jnp.stack([padded(w, 1) for w in weights])  # (P, n_z, n_chunks, chunk, B, 4)
@@ -669,10 +652,7 @@ def greens_sum(rq: RayQuadrature, displacements, z, max_power: int = 1, chunk: i
     weights = [node_weights(rq, z, p) for p in range(1, max_power + 1)]
     n_chunks, pad, chunk = _node_chunks(rq, chunk)
 
-    def padded(x, axis):
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, pad)
-        return jnp.pad(x, widths).reshape(*x.shape[:axis], n_chunks, chunk, *x.shape[axis + 1 :])
+    padded = partial(_in_chunks, n_chunks=n_chunks, chunk=chunk, pad=pad)
 
     ks, us = padded(rq.node_k, 0), padded(rq.node_u, 0)
     ws = jnp.moveaxis(jnp.stack([padded(w, 1) for w in weights]), 2, 0)
@@ -843,9 +823,8 @@ def _channel_products(rq, mask, bvec, z, max_power, chunk):
     r = bvec.shape[-1]
     weights = jnp.stack([node_weights(rq, z, p, mask) for p in range(1, max_power + 1)])  # (P, n_z, n_a, B, 4)
     n_chunks, pad, chunk = _node_chunks(rq, chunk)
-    bv = jnp.pad(bvec, [(0, pad), (0, 0), (0, 0), (0, 0)]).reshape(n_chunks, chunk, *bvec.shape[1:])
-    ws = jnp.pad(weights, [(0, 0), (0, 0), (0, pad), (0, 0), (0, 0)])
-    ws = jnp.moveaxis(ws.reshape(*weights.shape[:2], n_chunks, chunk, *weights.shape[3:]), 2, 0)
+    bv = _in_chunks(bvec, 0, n_chunks=n_chunks, chunk=chunk, pad=pad)
+    ws = jnp.moveaxis(_in_chunks(weights, 2, n_chunks=n_chunks, chunk=chunk, pad=pad), 2, 0)
 
     def body(acc, x):
         b, w = x
