@@ -68,7 +68,7 @@ from shibajax.greens_function import (
 )
 from shibajax.impurities import check_separations, impurity_potential
 from shibajax.models.tight_binding import TightBindingModel
-from shibajax.ray_mesh import channel_operator, compressed_for
+from shibajax.ray_mesh import ChannelMoments, channel_moments, channel_operator, compressed_for
 from shibajax.tmatrix import block_matrix, unique_displacements
 
 #: Root tolerance, relative to the gap edge: 1e-12 (the issue asks for 1e-10 of Delta).
@@ -91,6 +91,20 @@ class _HermitianForm(NamedTuple):
     q: jax.Array  # (R, R) eigenvectors of V
     inverse: jax.Array  # (R,) 1/lambda on coupled directions, a constant on decoupled ones
     coupled: jax.Array  # (R,) bool
+
+
+class _Prepared(NamedTuple):
+    """What the bracket stage hands the Newton stage on a compressed ray mesh: the far nodes' moments and the
+    channel directions they were formed in (the Newton stage must use the same directions, not a new eigh of V,
+    whose eigenvectors are arbitrary within degenerate subspaces)."""
+
+    moments: ChannelMoments
+    form: _HermitianForm
+
+
+def _moments(prepared):
+    """The eigensystem or moments that :func:`_channel_green` takes, from a bracket state's first entry."""
+    return prepared.moments if isinstance(prepared, _Prepared) else prepared
 
 
 def _hermitian_form(potential: jax.Array, rank: int | None = None) -> _HermitianForm:
@@ -131,7 +145,8 @@ def _channel_green(model, sites, disp, idx_imp, form, kgrid, chunk_size, eigensy
     r = form.q.shape[1]
     compressed = compressed_for(kgrid, model)
     if compressed is not None:  # a ray mesh in band-resolved form: far nodes summed once (real in-gap energies)
-        return channel_operator(compressed, sites, form.q)
+        moments = eigensystem if isinstance(eigensystem, ChannelMoments) else None
+        return channel_operator(compressed, sites, form.q, moments=moments)
     if r * r + sites.shape[0] * m * r < disp.shape[0] * m * m:
         return lambda z, p: projected_greens_sum(
             model, sites, form.q, z, kgrid=kgrid, chunk_size=chunk_size, max_power=p, eigensystem=eigensystem
@@ -174,7 +189,7 @@ class BoundStateBatch(NamedTuple):
     converged: jax.Array
 
 
-def _refine_crossings(evaluate, grid, lam_grid, index, crossing, atol, max_iter):
+def _refine_crossings(evaluate, grid, lam_grid, index, crossing, atol, max_iter, start=None):
     """Zero crossings of sorted eigenvalues, bracketed on a grid and refined by safeguarded Newton steps.
 
     Args:
@@ -182,6 +197,8 @@ def _refine_crossings(evaluate, grid, lam_grid, index, crossing, atol, max_iter)
         grid: (G,) ascending energies; lam_grid: (G, R) sorted eigenvalues of A on it.
         index: (n,) which sorted eigenvalue each root belongs to; crossing: (n,) whether it crosses zero.
         atol: absolute tolerance on the root; max_iter: Newton steps at most.
+        start: (n,) first guesses (e.g. the roots on a coarser mesh), used where they lie inside their bracket;
+            default: linear interpolation inside the bracket.
 
     Returns:
         roots (n,) and done (n,) (True for converged roots and for entries that do not cross).
@@ -194,6 +211,9 @@ def _refine_crossings(evaluate, grid, lam_grid, index, crossing, atol, max_iter)
     lo0, hi0 = grid[j], grid[j + 1]
     # start from linear interpolation inside the bracket
     x0 = jnp.clip(lo0 - lam_lo * (hi0 - lo0) / jnp.where(lam_hi > lam_lo, lam_hi - lam_lo, 1.0), lo0, hi0)
+    if start is not None:
+        inside = (start > lo0) & (start < hi0)
+        x0 = jnp.where(inside, start, x0)
     ar = jnp.arange(index.shape[0])
 
     def cond(state):
@@ -239,7 +259,10 @@ def _bracket(model, potential, sites, disp, idx_imp, edge_margin, host_ok, *, kg
     else:
         eig = None
         gap, starts = scan_gap(model, kgrid, chunk_size)
-    green = _channel_green(model, sites, disp, idx_imp, form, kgrid, chunk_size, eig)
+    compressed = compressed_for(kgrid, model)
+    if compressed is not None:  # the far nodes' moments, formed once for both stages (with the form they use)
+        eig = _Prepared(channel_moments(compressed, sites, form.q), form)
+    green = _channel_green(model, sites, disp, idx_imp, form, kgrid, chunk_size, _moments(eig))
     if host:
 
         def other():  # the rescaled model's lowest points, scanned only if a search is needed
@@ -277,12 +300,14 @@ def _solve(
     slots=None,
     max_iter=100,
     vectors=False,
+    start=None,
 ):
     """Newton stage from the state of :func:`_bracket`: a :class:`BoundStateBatch`, and with ``vectors`` the
-    roots (+E then -E), which cross, and A, dA at each (eigenvalues, eigenvectors, dA) for the amplitudes."""
+    roots (+E then -E), which cross, and A, dA at each (eigenvalues, eigenvectors, dA) for the amplitudes.
+    ``start`` (slots,): first guesses of the positive roots, slot by slot (descending energies)."""
     eig, gap, has_gap, grid, lam_grid = bracket
-    form = _hermitian_form(potential, rank)
-    green = _channel_green(model, sites, disp, idx_imp, form, kgrid, chunk_size, eig)
+    form = eig.form if isinstance(eig, _Prepared) else _hermitian_form(potential, rank)
+    green = _channel_green(model, sites, disp, idx_imp, form, kgrid, chunk_size, _moments(eig))
     r = form.q.shape[1]
     n_neg_zero = jnp.sum(lam_grid[0] < 0)
     n_pos_end = jnp.sum(lam_grid[-1] <= 0)
@@ -292,7 +317,7 @@ def _solve(
     index = jnp.minimum(index, r - 1)
     atol = tol * gap
     positive, done = _refine_crossings(
-        lambda x: _form_at(green, form, x), grid, lam_grid, index, crossing, atol, max_iter
+        lambda x: _form_at(green, form, x), grid, lam_grid, index, crossing, atol, max_iter, start
     )
     roots = jnp.concatenate([-positive, positive])
     crossing = jnp.concatenate([crossing, crossing])
@@ -619,8 +644,13 @@ def _check_search_settings(edge_margin, tol, degeneracy_tol, chunk_size) -> None
     check_chunk_size(chunk_size)
 
 
-def _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=False):
+def _checked_solve(
+    model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=False, vectors=None, start=None
+):
     """Check the input, set up and run the search; returns (batch, (geometry, V)).
+
+    ``vectors`` (default: ``compact``): also the data of the amplitudes. ``start``: guesses of the positive roots
+    (host array, any order; e.g. from a coarser mesh) for the Newton stage of the general search.
 
     Concrete potentials are searched in their coupled subspace (:func:`potential_rank`); with ``compact``
     (host-side calls only) the crossings are counted first and the Newton stage refines only those, and a gapless
@@ -628,18 +658,20 @@ def _checked_solve(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, c
     """
     _check_search_settings(edge_margin, tol, degeneracy_tol, chunk_size)
     check_pairing(model)
+    vectors = compact if vectors is None else vectors
     sites, potential = impurity_potential(impurities, model)
     rank = potential_rank(potential)
     sector = _sector_setup(model, potential, sites, kgrid, chunk_size, rank, need_gap=compact)
     if sector is not None:  # spin-invariant host, collinear spins: two spin sectors, one searched
-        batch, extra = _run_sector(sector, edge_margin, tol, degeneracy_tol, compact=compact, vectors=compact)
+        batch, extra = _run_sector(sector, edge_margin, tol, degeneracy_tol, compact=compact, vectors=vectors)
         return batch, (sector, extra)
     geometry = _geometry(model, sites, potential.shape[0], kgrid, chunk_size)
     if compact:
         require_gap(model, geometry.kgrid)
     batch, extra = _search(
-        model, potential, geometry, edge_margin, tol, degeneracy_tol, rank=rank, compact=compact, vectors=compact
-    )
+        model, potential, geometry, edge_margin, tol, degeneracy_tol,
+        rank=rank, compact=compact, vectors=vectors, start=start,
+    )  # fmt: skip
     return batch, (geometry, extra)
 
 
@@ -653,7 +685,9 @@ def _sector_setup(model, potential, sites, kgrid, chunk_size, rank, need_gap=Fal
     return _sector_search(model, potential, sites, kgrid, chunk_size, n_out, need_gap)
 
 
-def _search(model, potential, geometry, edge_margin, tol, degeneracy_tol, *, rank=None, compact=False, vectors=False):
+def _search(
+    model, potential, geometry, edge_margin, tol, degeneracy_tol, *, rank=None, compact=False, vectors=False, start=None
+):
     """Run the jitted search for the potential (R, R) on ``geometry``; ``rank``: search only the rank strongest
     channel directions (None: all R, fixed shapes). With ``compact`` (concrete potentials only) the crossings
     are counted first (the bracket stage) and the Newton stage refines only those, instead of one slot per channel
@@ -671,9 +705,14 @@ def _search(model, potential, geometry, edge_margin, tol, degeneracy_tol, *, ran
     slots = None
     if compact and not isinstance(count, jax.core.Tracer):
         slots = max(1, int(count))
+    guesses = None
+    if start is not None and slots is not None:  # slot i holds the i-th largest positive root
+        positive = np.sort(np.asarray(start, np.float64)[np.asarray(start) > 0])[::-1][:slots]
+        guesses = jnp.asarray(np.pad(positive, (0, slots - positive.shape[0]), constant_values=np.nan))
     return _solve(
         model, potential, site_array, g.disp, g.idx_imp, bracket, tol, degeneracy_tol,
         kgrid=g.kgrid, chunk_size=g.chunk_size, cache=g.cache, rank=rank, slots=slots, vectors=vectors,
+        start=guesses,
     )  # fmt: skip
 
 
@@ -868,8 +907,17 @@ def bound_states(
         >>> bs.multiplicities.tolist()
         [1, 1]
     """
+    return _bound_states(model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size)
+
+
+def _bound_states(
+    model, impurities, kgrid, edge_margin=EDGE_MARGIN, tol=ROOT_TOL, degeneracy_tol=DEGENERACY_TOL, chunk_size=None,
+    *, start=None,
+) -> BoundStates:  # fmt: skip
+    """:func:`bound_states`; ``start``: guesses of the positive roots (e.g. from a coarser mesh) for the Newton
+    stage (:func:`shibajax.ray_mesh.physical_gap_bound_states`)."""
     batch, (setup, extra) = _checked_solve(
-        model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=True
+        model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=True, start=start
     )
     kgrid, sites = setup.kgrid, setup.sites
     gap = float(batch.gap_edge)
@@ -889,6 +937,22 @@ def bound_states(
         converged=bool(batch.converged),
         model=model,
     )
+
+
+def _levels(
+    model, impurities, kgrid, edge_margin=EDGE_MARGIN, tol=ROOT_TOL, degeneracy_tol=DEGENERACY_TOL, chunk_size=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The levels and multiplicities of :func:`bound_states` without the amplitudes (one BZ sum fewer), and every
+    root (with multiplicity, ascending)."""
+    batch, _ = _checked_solve(
+        model, impurities, kgrid, edge_margin, tol, degeneracy_tol, chunk_size, compact=True, vectors=False
+    )
+    gap = float(batch.gap_edge)
+    if not bool(batch.has_gap):
+        raise _no_gap_error(host_gap(model, kgrid))
+    roots = np.sort(np.asarray(batch.energies)[np.isfinite(np.asarray(batch.energies))])
+    levels, mults = _cluster(roots, degeneracy_tol * gap)
+    return levels, mults, roots
 
 
 def _groups(values: np.ndarray, tol: float) -> list[list[int]]:

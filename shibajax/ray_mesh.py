@@ -124,12 +124,34 @@ TILINGS = {
 }
 
 
-@partial(jax.jit, static_argnames=())
+#: Points per call of the mesh set-up kernels (:func:`_chunked`): one compiled shape for every mesh of a model.
+SETUP_CHUNK = 4096
+
+
+def _chunked(fn, model, k):
+    """fn(model, k) for host points k (..., 2), evaluated SETUP_CHUNK points at a time (the last chunk padded), so
+    that every mesh of a model (a mesh and its finer partner, every bisection step of the crossing search) runs one
+    compiled program. Returns host arrays with the leading shape of k. (A set-up step, not a solver loop: the
+    chunks are dispatched without host syncs in between, and gathered at the end.)"""
+    flat = np.asarray(k, np.float64).reshape(-1, 2)
+    n = flat.shape[0]
+    n_chunks = max(1, -(-n // SETUP_CHUNK))
+    padded = np.zeros((n_chunks * SETUP_CHUNK, 2))
+    padded[:n] = flat
+    parts = [fn(model, jnp.asarray(c)) for c in padded.reshape(n_chunks, SETUP_CHUNK, 2)]
+    out = [np.concatenate([np.asarray(p[i]) for p in parts])[:n] for i in range(len(parts[0]))]
+    return tuple(a.reshape(*np.shape(k)[:-1], *a.shape[1:]) for a in out)
+
+
+@jax.jit
+def _bands_flat(model, k):
+    h = jax.vmap(partial(electron_hamiltonian, model))(k)
+    return (_linalg.eigvalsh(h),)
+
+
 def _bands(model, k):
-    """Normal-state bands xi_n(k) (..., 2 n_orb), sorted, at k (..., 2)."""
-    flat = k.reshape(-1, k.shape[-1])
-    h = jax.vmap(partial(electron_hamiltonian, model))(flat)
-    return _linalg.eigvalsh(h).reshape(*k.shape[:-1], -1)
+    """Normal-state bands xi_n(k) (..., 2 n_orb), sorted, at host points k (..., 2): a host array."""
+    return _chunked(_bands_flat, model, k)[0]
 
 
 def _triangles(tiling):
@@ -179,7 +201,7 @@ def _crossings(model, rays: _Rays, samples: int):
     """
     rho = np.linspace(0.0, 1.0, samples)
     k = rays.origin[:, None, :] + rho[None, :, None] * rays.direction[:, None, :]
-    xi = np.asarray(_bands(model, jnp.asarray(k)))  # (n_rays, samples, n_bands)
+    xi = _bands(model, k)  # (n_rays, samples, n_bands)
     sign = xi > 0
     change = sign[:, 1:, :] != sign[:, :-1, :]
     ray, seg, band = np.nonzero(change)
@@ -188,7 +210,7 @@ def _crossings(model, rays: _Rays, samples: int):
     origin, direction = rays.origin[ray], rays.direction[ray]
 
     def band_at(r):
-        values = np.asarray(_bands(model, jnp.asarray(origin + r[:, None] * direction)))
+        values = _bands(model, origin + r[:, None] * direction)
         return values[np.arange(r.shape[0]), band]
 
     for _ in range(60):
@@ -228,7 +250,7 @@ def _edges_cross(model, tiling, samples) -> bool:
     for (cx, cy), (hx, hy) in tiling:
         corners = np.array([(hx, hy), (-hx, hy), (-hx, -hy), (hx, -hy), (hx, hy)]) + np.array([cx, cy])
         path = np.concatenate([a + u[:, None] * (b - a) for a, b in zip(corners[:-1], corners[1:], strict=True)])
-        xi = np.asarray(_bands(model, jnp.asarray(path)))
+        xi = _bands(model, path)
         if np.any(np.sign(xi) != np.sign(np.roll(xi, 1, axis=0))):
             return True
     return False
@@ -277,7 +299,8 @@ class RayQuadrature(NamedTuple):
     Arrays: node_k (n_a, 2), node_u (n_a, B, 2 n_orb), node_xi (n_a, B), node_delta (n_a, B), node_weight (n_a,);
     span_nodes (n_s, n_c) int, fine_xi (n_s, F, B), fine_delta (n_s, F, B), fine_weight (n_s, F),
     fine_lagrange (n_s, F, n_c) (zero-padded fine points have weight 0). For searches inside the gap
-    (:func:`channel_operator`): far (n_a, B) bool, the (node, band) pairs with E_n^2 >= SERIES_RATIO gap^2; near_nodes
+    (:func:`channel_operator`): far (n_a, B) int, the number of series terms of each (node, band) pair far from the
+    Fermi lines (E_n^2 >= SERIES_RATIO gap^2, :func:`series_terms`), 0 for the pairs summed exactly; near_nodes
     (n_near,) the nodes with a band that is not far, or on a span; near_spans (n_s, n_c) the span nodes' positions
     in near_nodes (host arrays).
     """
@@ -535,14 +558,14 @@ def _compress(model, direct_k, direct_w, carrier_k, fine_k, fine_w, fine_l, scal
     fl = np.zeros((n_span, size, max(n_c, 1)))
     for s, (k, w, lag) in enumerate(zip(fine_k, fine_w, fine_l, strict=True)):
         fk[s, : k.shape[0]], fw[s, : k.shape[0]], fl[s, : k.shape[0]] = k, w / TWO_PI**2, lag
-    xi, u, delta, res = (np.asarray(a) for a in _band_data(model, jnp.asarray(node_k)))
-    fxi, _, fdelta, fres = (np.asarray(a) for a in _band_data(model, jnp.asarray(fk.reshape(-1, 2))))
+    xi, u, delta, res = _chunked(_band_data, model, node_k)
+    fxi, _, fdelta, fres = _chunked(_band_data, model, fk.reshape(-1, 2))
     if max(res.max(), fres.max()) > BAND_DIAGONAL_RTOL * scale:
         return None
     b = xi.shape[1]
     span_nodes = n_direct + np.arange(n_span * n_c).reshape(n_span, n_c)  # last, in order (node_weights needs it)
-    far = (xi**2 + np.abs(delta) ** 2 >= SERIES_RATIO * gap**2) & (node_w[:, None] > 0)
-    near = ~np.all(far, axis=1)
+    far = series_terms((xi**2 + np.abs(delta) ** 2) / gap**2) * (node_w[:, None] > 0)
+    near = ~np.all(far > 0, axis=1)
     near[span_nodes.ravel()] = True
     near_nodes = np.nonzero(near)[0]
     position = np.full(node_k.shape[0], -1)
@@ -729,32 +752,100 @@ def physical_gap_bound_states(
         >>> bool(bs.energy_errors.max() < 1e-6 * bs.gap_edge)
         True
     """
-    from shibajax.bound_states import bound_states
+    from shibajax.bound_states import _bound_states, _levels
 
     settings = RaySettings() if settings is None else settings
-    coarse = bound_states(model, impurities, kgrid=cached_ray_mesh(model, settings, tiling), **kwargs)
+    coarse_mesh = cached_ray_mesh(model, settings, tiling)
     if not estimate_error:
-        return coarse
-    fine = bound_states(model, impurities, kgrid=cached_ray_mesh(model, settings.finer(), tiling), **kwargs)
-    if coarse.multiplicities.tolist() == fine.multiplicities.tolist():
-        errors = np.abs(fine.energies - coarse.energies)
+        return _bound_states(model, impurities, coarse_mesh, **kwargs)
+    levels, mults, roots = _levels(model, impurities, coarse_mesh, **kwargs)  # energies only
+    # the finer solve starts its Newton steps from the coarse roots (exact to the coarse error): a step or two
+    fine = _bound_states(model, impurities, cached_ray_mesh(model, settings.finer(), tiling), start=roots, **kwargs)
+    if mults.tolist() == fine.multiplicities.tolist():
+        errors = np.abs(fine.energies - levels)
     else:
         errors = np.full(fine.energies.shape, math.inf)
     return fine.with_errors(errors)
 
 
-#: Nodes with E_n^2 >= SERIES_RATIO * (largest in-gap energy)^2 are summed as a power series in z^2 / E_n^2
-#: (SERIES_TERMS terms: the remainder is below SERIES_RATIO^-SERIES_TERMS = 1e-16 of the node's contribution).
+#: Nodes with E_n^2 >= SERIES_RATIO * (largest in-gap energy)^2 are summed as a power series in z^2 / E_n^2; a node
+#: with ratio rho = E_n^2 / gap^2 gets the fewest terms J of SERIES_TIERS with rho^-J <= SERIES_TOL (the remainder
+#: relative to the node's own contribution): J = 8 for rho >= 100, down to J = 2 for rho >= 1e8. Most nodes of a
+#: physical gap lie at rho ~ 1e4-1e6, so the moments cost about half of a single J = 8 tier.
 SERIES_RATIO = 100.0
-SERIES_TERMS = 8
+SERIES_TOL = 1e-16
+SERIES_TIERS = (2, 3, 4, 5, 6, 8)
+SERIES_TERMS = max(SERIES_TIERS)
 
 
-def channel_operator(rq: RayQuadrature, sites, q, chunk: int = 4096):
+def series_terms(ratio: np.ndarray) -> np.ndarray:
+    """Series terms needed for (node, band) pairs with E^2 / gap^2 = ratio (host array): 0 where ratio <
+    SERIES_RATIO (summed exactly at every energy), else the smallest J of SERIES_TIERS with ratio^-J <= SERIES_TOL."""
+    ratio = np.asarray(ratio, np.float64)
+    terms = np.zeros(ratio.shape, np.int64)
+    for j in sorted(SERIES_TIERS, reverse=True):  # fewer terms where the ratio allows it
+        terms = np.where((ratio >= SERIES_RATIO) & (ratio ** (-float(j)) <= SERIES_TOL), j, terms)
+    return terms
+
+
+class ChannelMoments(NamedTuple):
+    """The energy-independent part of :func:`channel_operator`: the moment matrices of the far (node, band) pairs
+    (SERIES_TERMS + 1, r, r) of the I- and H-structures, and the channel vectors B of the near nodes
+    (n_near, B, 2, r)."""
+
+    moments_i: jax.Array
+    moments_h: jax.Array
+    near_bvec: jax.Array
+
+
+def channel_moments(rq: RayQuadrature, sites, q) -> ChannelMoments:
+    """:class:`ChannelMoments` of the channel directions q (n_s M, r) at ``sites`` (n_s, dim): formed once per
+    potential and shared by every energy of a search (and by its bracket and Newton stages)."""
+    sites = jnp.asarray(sites, jnp.float64)
+    n_s = sites.shape[0]
+    n2 = rq.node_u.shape[-1]
+    r = q.shape[1]
+    qs = q.reshape(n_s, 2, n2, r)
+    phase = jnp.exp(1j * (rq.node_k @ sites.T))  # (n_a, n_s)
+    site_sum = (phase @ qs.conj().reshape(n_s, -1)).reshape(-1, 2, n2, r)  # sum_i exp(ik.R_i) Q_i^dagger
+    bvec = jnp.einsum("atcr,abc->abtr", site_sum, rq.node_u)  # (n_a, B, tau, r)
+    e2 = (rq.node_xi**2 + jnp.abs(rq.node_delta) ** 2).reshape(-1)  # (x,), x = (node, band)
+    be = bvec[:, :, 0].reshape(-1, r)
+    bh = bvec[:, :, 1].reshape(-1, r)
+    xi = rq.node_xi.reshape(-1)
+    dl = rq.node_delta.reshape(-1)
+    w = jnp.broadcast_to(rq.node_weight[:, None], rq.node_xi.shape).reshape(-1)
+    terms = np.asarray(rq.far).reshape(-1)
+    moments_i = jnp.zeros((SERIES_TERMS + 1, r, r), jnp.complex128)
+    moments_h = jnp.zeros((SERIES_TERMS + 1, r, r), jnp.complex128)
+    # moments sum_x w_j(x) [ee + hh] and sum_x w_j(x) [xi (ee - hh) + Delta eh + Delta^* he], w_j = w / E^(2j+2),
+    # per tier of J terms (J + 1 moments: the second power needs one more): one batched GEMM over x each
+    for n_terms in sorted(set(terms[terms > 0].tolist())):
+        idx = np.nonzero(terms == n_terms)[0]
+        inv = 1.0 / e2[idx]
+        powers = jnp.stack([w[idx] * inv ** (j + 1) for j in range(n_terms + 1)])  # (J + 1, x)
+        e, h = be[idx], bh[idx]
+
+        def gram(weights, left, right):  # sum_x weights_jx left_xr conj(right_xs): (J + 1, r, r)
+            return jnp.einsum("jxr,xs->jrs", weights[:, :, None] * left[None], right.conj())
+
+        tier_i = gram(powers, e, e) + gram(powers, h, h)
+        tier_h = (
+            gram(powers * xi[idx], e, e) - gram(powers * xi[idx], h, h)
+            + gram(powers * dl[idx], e, h) + gram(powers * dl[idx].conj(), h, e)
+        )  # fmt: skip
+        moments_i = moments_i.at[: n_terms + 1].add(tier_i)
+        moments_h = moments_h.at[: n_terms + 1].add(tier_h)
+    return ChannelMoments(moments_i, moments_h, bvec[rq.near_nodes])
+
+
+def channel_operator(rq: RayQuadrature, sites, q, chunk: int = 4096, moments: ChannelMoments | None = None):
     """(z, max_power) -> (Q^dagger G0 Q, ..., Q^dagger G0^max_power Q) at real energies inside the mesh's gap.
 
     The same sums as :func:`channel_sum`, organised for a search that evaluates many energies: the channel
     vectors B^tau_an are formed once, and the (node, band) pairs far from every Fermi line (``rq.far``:
-    E_n^2 >= SERIES_RATIO gap^2, most of them) are summed once into moment matrices, since for |z| < gap
+    E_n^2 >= SERIES_RATIO gap^2, most of them) are summed once into moment matrices (:func:`channel_moments`,
+    or ``moments`` when given: computed once for a search's stages), since for |z| < gap
 
         1 / (z^2 - E^2) = -sum_j z^(2j) / E^(2j+2),      1 / (z^2 - E^2)^2 = sum_j (j + 1) z^(2j) / E^(2j+4)
 
@@ -762,41 +853,16 @@ def channel_operator(rq: RayQuadrature, sites, q, chunk: int = 4096):
     are summed at every energy. Traced: call it inside the jitted search, so that the set-up is computed once per
     search, outside its loops. Energies outside the gap are not allowed (use :func:`channel_sum`).
     """
-    sites = jnp.asarray(sites, jnp.float64)
-    n_s = sites.shape[0]
-    n2 = rq.node_u.shape[-1]
     r = q.shape[1]
-    qs = q.reshape(n_s, 2, n2, r)
-    phase = jnp.exp(1j * (rq.node_k @ sites.T))  # (n_a, n_s)
-    bvec = jnp.einsum("as,stcr,abc->abtr", phase, qs.conj(), rq.node_u)  # (n_a, B, tau, r)
-    e2 = rq.node_xi**2 + jnp.abs(rq.node_delta) ** 2  # (n_a, B)
-    far = jnp.asarray(rq.far)
-    # moments of the I- and H-structures of the far (node, band) pairs, sum_x w_j(x) [ee + hh] and
-    # sum_x w_j(x) [xi (ee - hh) + Delta eh + Delta^* he] with w_j = w / E^(2j+2), each one GEMM over x = (node, band)
-    inv = jnp.where(far, 1.0 / e2, 0.0).reshape(-1)
-    w_far = jnp.where(far, rq.node_weight[:, None], 0.0).reshape(-1)
-    powers = jnp.stack([w_far * inv ** (j + 1) for j in range(SERIES_TERMS + 1)])  # (J, x)
-    be = bvec[:, :, 0].reshape(-1, r)
-    bh = bvec[:, :, 1].reshape(-1, r)
-    xi = rq.node_xi.reshape(-1)
-    dl = rq.node_delta.reshape(-1)
-
-    def gram(weights, left, right):  # sum_x weights_jx left_xr conj(right_xs): (J, r, r)
-        return jnp.einsum("jxr,xs->jrs", weights[:, :, None] * left[None], right.conj())
-
-    moments_i = gram(powers, be, be) + gram(powers, bh, bh)
-    moments_h = (
-        gram(powers * xi, be, be)
-        - gram(powers * xi, bh, bh)
-        + gram(powers * dl, be, bh)
-        + gram(powers * dl.conj(), bh, be)
-    )
+    if moments is None:
+        moments = channel_moments(rq, sites, q)
+    moments_i, moments_h = moments.moments_i, moments.moments_h
     idx = rq.near_nodes
     near = rq._replace(
         node_k=rq.node_k[idx], node_u=rq.node_u[idx], node_xi=rq.node_xi[idx], node_delta=rq.node_delta[idx],
         node_weight=rq.node_weight[idx], span_nodes=jnp.asarray(rq.near_spans),
     )  # fmt: skip
-    near_bvec, near_mask = bvec[idx], ~far[idx]
+    near_bvec, near_mask = moments.near_bvec, jnp.asarray(np.asarray(rq.far)[idx] == 0)
 
     def series(z, power):
         zz = z[:, None, None]

@@ -192,3 +192,36 @@ def test_clear_errors():
     other = shibajax.models.square(t=1.0, mu=-0.9, delta=0.05)
     with pytest.raises(ParameterError, match="another model"):
         shibajax.bound_states(other, shibajax.Impurity((0, 0), J=1.0), kgrid=mesh)
+
+
+def test_series_tiers_are_the_fewest_terms_below_the_tolerance():
+    # A far pair with E^2 / gap^2 = rho contributes sum_j (z^2 / E^2)^j with z^2 / E^2 <= 1 / rho: J terms leave a
+    # remainder <= rho^-J of it. Each tier must meet SERIES_TOL, and one term fewer must not (the fewest terms);
+    # pairs below SERIES_RATIO are summed exactly (0 terms).
+    from shibajax.ray_mesh import SERIES_RATIO, SERIES_TIERS, SERIES_TOL, series_terms
+
+    rho = np.logspace(np.log10(SERIES_RATIO), 12, 400)
+    terms = series_terms(rho)
+    assert np.all(rho ** (-terms.astype(float)) <= SERIES_TOL)
+    fewer = np.array([max([j for j in SERIES_TIERS if j < t], default=0) for t in terms])
+    assert np.all((fewer == 0) | (rho ** (-fewer.astype(float)) > SERIES_TOL))
+    assert series_terms(np.array([0.5 * SERIES_RATIO]))[0] == 0
+
+
+def test_bad_newton_starts_do_not_change_the_roots():
+    # The finer mesh's Newton steps start from the coarse roots when they lie inside their brackets; guesses that
+    # are wrong (or outside every bracket) must fall back to the bracket's interpolation and reach the same roots.
+    from shibajax.bound_states import _bound_states, _levels
+
+    model = shibajax.models.square(t=1.0, mu=-1.0, delta=0.02, rashba=0.3)
+    mesh = ray_mesh(model, RaySettings(angular_panels=2))
+    dimer = [shibajax.Impurity((0, 0), K=0.3, J=1.2), shibajax.Impurity((2, 1), K=0.3, J=1.2, spin=(1, 0, 0))]
+    levels, mults, roots = _levels(model, dimer, mesh)
+    assert roots.size >= 4  # two pairs at least: the test exercises several slots
+    plain = _bound_states(model, dimer, mesh)
+    for start in (roots, roots[::-1] * 0.5, np.full(roots.shape, 10.0)):
+        hinted = _bound_states(model, dimer, mesh, start=start)
+        assert hinted.multiplicities.tolist() == plain.multiplicities.tolist() == mults.tolist()
+        # the root tolerance is 1e-12 of the gap: the same roots to that
+        assert np.max(np.abs(hinted.energies - plain.energies)) < 1e-11 * plain.gap_edge
+        assert np.max(np.abs(levels - plain.energies)) < 1e-11 * plain.gap_edge
