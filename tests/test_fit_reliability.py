@@ -271,7 +271,7 @@ def _with(table, key, value):
         (_with("fit", "method", "newton"), r"\[fit\]\.method must be one of 'lbfgs', 'adam', 'lm'"),
         (_with("fit", "seed", -1), r"\[fit\]\.seed must be an integer >= 0"),
         (_with("fit", "out", 3), r"\[fit\]\.out must be a folder name"),
-        (_with("hots", None, {}), r"unknown config key 'hots'; allowed keys: data, fit, host, params, tip"),
+        (_with("hots", None, {}), r"unknown config key 'hots'; allowed keys: data, fit, host, impurity, params, tip"),
         (_with("host", None, 3), r"\[host\] must be a table"),
         (_with("params", "K_9", 1.0), r"unknown config key '\[params\]\.K_9'; allowed keys in \[params\]: J_0, K_0"),
         (_with("params", "K_0", "x"), r"\[params\]\.K_0 must be a number \(a free start value\) or a table"),

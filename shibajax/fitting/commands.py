@@ -1,14 +1,17 @@
-"""``shibajax fit DATA --config fit.toml``: fit one channel set (K, J) of an adatom on a one-band s-wave host
-to a measured spectrum, in meV / mV / K.
+"""``shibajax fit DATA --config fit.toml``: fit the channels (K, J per channel) of an impurity or adatom on any
+built-in host (or a TOML hopping table) to a measured spectrum, in meV / mV / K.
 
 Config (TOML; every table optional except [params], see examples/fit_mnpc.toml). Every key is checked for type
 and range before any work (:class:`~shibajax.config.ConfigError` naming the key, the value and what it takes)::
 
-    [host]    t (> 0), mu (inside the band, |mu| < 4 t), delta (> 0), eta (> 0, the sample broadening), all meV;
-              kgrid (L >= 4), energy_step (meV, > 0: at least 10 energies across the bias window, at most
-              20001 in all), channels (>= 1), fermi_shell (resolution rho > 0: sum G0 on a Fermi-shell mesh with
-              base grid kgrid instead of a uniform L x L grid; needed when eta << the band width, see
-              shibajax.fermi_shell)
+    [host]    model = "square" (default) | "nb110" | "graser2009" | "from_hoppings" and the model's keys (meV);
+              for the square lattice t (> 0), mu (inside the band, |mu| < 4 t), delta (> 0), rashba, channels
+              (>= 1); for every model eta (> 0, the sample broadening, meV), kgrid (L >= 4), energy_step (meV,
+              > 0: at least 10 energies across the bias window, at most 20001 in all), fermi_shell (resolution
+              rho > 0: sum G0 on a Fermi-shell mesh with base grid kgrid instead of a uniform L x L grid; needed
+              when eta << the band width, see shibajax.fermi_shell). Every key: shibajax.fitting.hosts.
+    [impurity] site = [0, 0] and channels = [[0], [1, 2], ...] (orbital sets), or adatom = "mn" (Nb(110)) or
+              an adatom table {position, height, extent, shapes, spin} (shibajax.fitting.hosts)
     [tip]     kind = "normal" | "dynes"
     [data]    bias_window = [lo, hi] (mV, lo < hi; default the whole file),
               direction = "forward" | "backward" | "average"
@@ -46,24 +49,16 @@ from shibajax.config import (
     writable_folder,
 )
 from shibajax.errors import FitError
+from shibajax.fitting.hosts import COMMON, MODEL_KEYS, host_from_config, n_channels, resolve_host
 
 #: Defaults of every table (a config overrides any key; [params] has its own defaults, see build_problem).
 DEFAULTS = {
-    "host": {
-        "t": 10.0,
-        "mu": -20.0,
-        "delta": 1.35,
-        "eta": 0.05,
-        "kgrid": 64,
-        "energy_step": 0.02,
-        "channels": 1,
-        "fermi_shell": None,
-    },
+    "host": COMMON | MODEL_KEYS["square"],
+    "impurity": {"site": [0, 0], "channels": None},
     "tip": {"kind": "normal"},
     "data": {"bias_window": None, "direction": "forward"},
     "fit": {"n_starts": 16, "method": "lbfgs", "max_iter": 200, "seed": 0, "out": "shibajax-fit"},
 }
-HOST_KEYS = tuple(DEFAULTS["host"])
 FIT_KEYS = tuple(DEFAULTS["fit"])
 TIPS = ("normal", "dynes")
 DIRECTIONS = ("forward", "backward", "average")
@@ -74,8 +69,7 @@ INSTRUMENT = ("scale", "offset", "bg0", "bg1", "temperature", "lockin")
 NON_NEGATIVE = {"temperature": True, "lockin": False, "tip_delta": True, "tip_gamma": False}  # name: strictly > 0
 #: The most energies of the G0 grid (a finer energy_step would make the sums over the Brillouin zone run for hours).
 MAX_ENERGIES = 20001
-#: The most scattering channels of the one-band host's impurity, and the most starts of one fit.
-MAX_CHANNELS = 64
+#: The most starts of one fit.
 MAX_STARTS = 100_000
 CHECKPOINT = "fit_checkpoint.npz"
 OUTPUTS = ("fit_report.json", "fit.png", CHECKPOINT)
@@ -153,8 +147,11 @@ def _parameter(name: str, spec, allowed) -> dict:
     return out
 
 
-def resolve_config(config: dict) -> dict:
+def resolve_config(config: dict, base: Path | None = None) -> dict:
     """A fit config (parsed TOML) checked key by key and completed with :data:`DEFAULTS`.
+
+    [host] and [impurity] are those of :mod:`shibajax.fitting.hosts` (any built-in model, a TOML hopping table
+    (relative paths from ``base``, the config's folder), adatoms with orbital channels).
 
     [params] entries come back as {value, lower, upper, fixed, tie} (None where absent); the defaults of the
     instrument parameters are filled in by :func:`build_problem` (they need the data file's header).
@@ -163,36 +160,12 @@ def resolve_config(config: dict) -> dict:
         ConfigError: an unknown table, key or parameter name, a value of the wrong type or out of range (the
             message names the key, the value and what it takes).
     """
-    check_keys(config, ("host", "tip", "data", "fit", "params"), "")
+    check_keys(config, ("host", "impurity", "tip", "data", "fit", "params"), "")
     out = copy.deepcopy(DEFAULTS)
 
-    host_in = _table(config, "host")
-    check_keys(host_in, HOST_KEYS, "[host]")
-    host = out["host"]
-    for name in ("t", "delta", "eta", "energy_step"):
-        if name in host_in:
-            host[name] = _positive(host_in[name], f"[host].{name}")
-    if "mu" in host_in:
-        host["mu"] = number(host_in["mu"], "[host].mu")
-    if not abs(host["mu"]) < 4 * host["t"]:
-        raise ConfigError(
-            f"[host].mu = {host['mu']} lies outside the band [-4 t, 4 t] = [{-4 * host['t']}, {4 * host['t']}] meV "
-            "of the square lattice: no Fermi surface, no normal state to normalise to"
-        )
-    if "kgrid" in host_in:
-        host["kgrid"] = positive_int(host_in["kgrid"], "[host].kgrid")
-        if host["kgrid"] < 4:
-            raise ConfigError(f"[host].kgrid must be an integer L >= 4 (an L x L grid); got {host_in['kgrid']!r}")
-    if "channels" in host_in:
-        host["channels"] = positive_int(host_in["channels"], "[host].channels")
-        if host["channels"] > MAX_CHANNELS:
-            raise ConfigError(
-                f"[host].channels = {host['channels']} is more than {MAX_CHANNELS}: the one-band host has one "
-                "site, and each channel is one (K, J) pair on it; give a number of channels <= "
-                f"{MAX_CHANNELS}"
-            )
-    if "fermi_shell" in host_in:
-        host["fermi_shell"] = _positive(host_in["fermi_shell"], "[host].fermi_shell")
+    resolved = resolve_host(_table(config, "host"), _table(config, "impurity"), base=base)
+    out["host"], out["impurity"] = resolved["host"], resolved["impurity"]
+    channels = n_channels(resolved)
 
     tip_in = _table(config, "tip")
     check_keys(tip_in, ("kind",), "[tip]")
@@ -239,7 +212,7 @@ def resolve_config(config: dict) -> dict:
             "(see examples/fit_mnpc.toml)"
         )
     params_in = _table(config, "params")
-    allowed = parameter_names(host["channels"], out["tip"]["kind"])
+    allowed = parameter_names(channels, out["tip"]["kind"])
     check_keys(params_in, allowed, "[params]")
     out["params"] = {name: _parameter(name, spec, allowed) for name, spec in params_in.items()}
     for name, p in out["params"].items():
@@ -382,8 +355,9 @@ def plan_fit(data_path, config, out=None, *, restart: bool = False) -> FitPlan:
     from shibajax import __version__
     from shibajax.fitting.optimise import check_checkpoint
 
+    base = Path(config).parent if isinstance(config, str | os.PathLike) else None
     config = load_toml(config) if isinstance(config, str | os.PathLike) else config
-    cfg = resolve_config(config)
+    cfg = resolve_config(config, base=base)
     data_path = Path(data_path)
     ds, bias, didv, window = _read_data(data_path, cfg)
     cfg["data"]["bias_window"] = window
@@ -418,8 +392,7 @@ def build_problem(data_path, config: dict, *, plan: FitPlan | None = None):
 
     Sums G0 over the Brillouin zone on the fit's energy grid: the costly part of the set-up.
     """
-    import shibajax
-    from shibajax.fitting import Dataset, Problem, SpectrumModel, coupling_basis, green_blocks
+    from shibajax.fitting import Dataset, Problem, SpectrumModel, green_blocks
 
     if plan is None:
         cfg = resolve_config(config)
@@ -429,16 +402,9 @@ def build_problem(data_path, config: dict, *, plan: FitPlan | None = None):
         folder = Path(cfg["fit"]["out"])
     else:
         cfg, bias, didv, params, folder = plan.config, plan.bias, plan.didv, plan.params, plan.folder
-    host = cfg["host"]
-    model = shibajax.models.square(t=host["t"], mu=host["mu"], delta=host["delta"])
-    couplings = coupling_basis(model, [(0, 0)], [(0,)] * host["channels"], channel_names=None)
+    host = host_from_config(cfg)
     energies = _energy_grid(*cfg["data"]["bias_window"], cfg, _largest_lockin(params))
-    mesh = (host["kgrid"], host["kgrid"])
-    if host["fermi_shell"] is not None:
-        from shibajax.fermi_shell import fermi_shell_mesh
-
-        mesh = fermi_shell_mesh(model, base=host["kgrid"], resolution=host["fermi_shell"])
-    blocks = green_blocks(model, couplings, [(0, 0)], energies, eta=host["eta"], kgrid=mesh)
+    blocks = green_blocks(host.model, host.couplings, [host.tip_site], energies, eta=host.eta, kgrid=host.kgrid)
     spec = {name: _spec(p) for name, p in params.items()}
     dataset = Dataset(SpectrumModel(blocks, tip=cfg["tip"]["kind"]), bias, didv, label=Path(data_path).name)
     problem = Problem(dataset, spec)
