@@ -10,16 +10,19 @@ differentiated) and :class:`EnergyProblem`. Units and conventions: docs/conventi
 
 from shibajax.fitting.energies import EnergyProblem, ShibaEnergies, positive_energies
 from shibajax.fitting.fit import GOOD_MINIMUM, FitResult, fit, plot_fit, write_report
+from shibajax.fitting.hosts import FitHost, fit_host
 from shibajax.fitting.model import Dataset, Problem, SpectrumModel
 from shibajax.fitting.optimise import MultiStart, laplace, minimize_adam, minimize_lbfgs, multistart
 from shibajax.fitting.parameters import Parameter, ParameterSpace
 from shibajax.fitting.spectrum import Couplings, GreenBlocks, coupling_basis, green_blocks, impurity_ldos
+from shibajax.fitting.workflows import SpectrumFit, fit_spectrum
 
 __all__ = [
     "GOOD_MINIMUM",
     "Couplings",
     "Dataset",
     "EnergyProblem",
+    "FitHost",
     "FitResult",
     "GreenBlocks",
     "MultiStart",
@@ -27,9 +30,12 @@ __all__ = [
     "ParameterSpace",
     "Problem",
     "ShibaEnergies",
+    "SpectrumFit",
     "SpectrumModel",
     "coupling_basis",
     "fit",
+    "fit_host",
+    "fit_spectrum",
     "green_blocks",
     "impurity_ldos",
     "laplace",
