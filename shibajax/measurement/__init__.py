@@ -14,29 +14,45 @@ from shibajax.measurement.deconvolution import (
     fit_sample_dos,
 )
 from shibajax.measurement.dos import DynesDOS, MultiGapDOS, NormalDOS, TabulatedDOS, dynes_dos
-from shibajax.measurement.readers import read_grid, read_spectrum, sort_by_bias, write_spectrum_csv
+from shibajax.measurement.peaks import VISIBLE, ShibaPairs, in_gap_visibility, shiba_pairs
+from shibajax.measurement.readers import (
+    GridWarning,
+    pixel_grid,
+    read_grid,
+    read_spectrum,
+    sort_by_bias,
+    to_image,
+    write_spectrum_csv,
+)
 from shibajax.measurement.tunnelling import K_B_MEV_PER_K, current, didv, didv_kernel, fermi, model_spectrum
 
 __all__ = [
     "K_B_MEV_PER_K",
+    "VISIBLE",
     "Deconvolution",
     "DynesDOS",
+    "GridWarning",
     "MultiGapDOS",
     "NormalDOS",
     "SampleFit",
+    "ShibaPairs",
     "TabulatedDOS",
     "TipCalibration",
     "calibrate_tip",
     "current",
     "deconvolve",
     "fit_sample_dos",
+    "in_gap_visibility",
     "didv",
     "didv_kernel",
     "dynes_dos",
     "fermi",
     "model_spectrum",
+    "pixel_grid",
     "read_grid",
     "read_spectrum",
+    "shiba_pairs",
     "sort_by_bias",
+    "to_image",
     "write_spectrum_csv",
 ]
