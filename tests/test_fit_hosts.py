@@ -21,10 +21,13 @@ def test_adatom_couplings_reproduce_the_adatom_potential():
     model = shibajax.models.square(t=1.0, mu=-1.0, delta=0.2)
     shapes = [("dz2", 0.3, 1.1), ("dxy", -0.2, 0.7), ("s", 0.5, -0.4)]
     ad = Adatom((0.4, 0.2), height=0.5, extent=0.6, channels=[OrbitalChannel(s, K=k, J=j) for s, k, j in shapes])
-    couplings, labels = adatom_couplings(model, ad)
+    couplings = adatom_couplings(model, ad)
     theta = np.ravel([(k, j) for _, k, j in shapes])
     sites, v = ad.lattice_potential(model)
-    assert labels == ("dz2", "dxy", "s") and np.array_equal(couplings.sites, sites)
+    assert couplings.names == ("K_dz2", "J_dz2", "K_dxy", "J_dxy", "K_s", "J_s")
+    assert np.array_equal(couplings.sites, sites)
+    # the fit host names them by channel index, in the adatom's order
+    assert fit_host(model, ad, kgrid=(8, 8), eta=0.1).couplings.names == ("K_0", "J_0", "K_1", "J_1", "K_2", "J_2")
     assert np.max(np.abs(np.asarray(couplings.potential(theta)) - np.asarray(v))) < 1e-12
 
 

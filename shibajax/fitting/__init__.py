@@ -10,8 +10,9 @@ differentiated) and :class:`EnergyProblem`. Units and conventions: docs/conventi
 
 from shibajax.fitting.energies import EnergyProblem, ShibaEnergies, positive_energies
 from shibajax.fitting.fit import GOOD_MINIMUM, FitResult, fit, plot_fit, write_report
-from shibajax.fitting.hosts import FitHost, fit_host
+from shibajax.fitting.hosts import FitHost, adatom_couplings, fit_host
 from shibajax.fitting.model import Dataset, Problem, SpectrumModel
+from shibajax.fitting.one_call import EnergyFit, EnergySolution, fit_energies
 from shibajax.fitting.optimise import MultiStart, laplace, minimize_adam, minimize_lbfgs, multistart
 from shibajax.fitting.parameters import Parameter, ParameterSpace
 from shibajax.fitting.spectrum import Couplings, GreenBlocks, coupling_basis, green_blocks, impurity_ldos
@@ -21,7 +22,9 @@ __all__ = [
     "GOOD_MINIMUM",
     "Couplings",
     "Dataset",
+    "EnergyFit",
     "EnergyProblem",
+    "EnergySolution",
     "FitHost",
     "FitResult",
     "GreenBlocks",
@@ -32,8 +35,10 @@ __all__ = [
     "ShibaEnergies",
     "SpectrumFit",
     "SpectrumModel",
+    "adatom_couplings",
     "coupling_basis",
     "fit",
+    "fit_energies",
     "fit_host",
     "fit_spectrum",
     "green_blocks",

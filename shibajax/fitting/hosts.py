@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -89,26 +90,35 @@ def scaled(model: TightBindingModel, factor: float, name: str | None = None) -> 
     )
 
 
-def adatom_couplings(model: TightBindingModel, adatom) -> tuple[Couplings, tuple[str, ...]]:
-    """Couplings (K_c, J_c per orbital channel c) of an :class:`~shibajax.adatoms.Adatom`, and the shapes.
-
-    V = sum_c (f_c f_c^T) (x) v(K_c, J_c) with the adatom's form factors f_c on its cluster of sites and the
-    one-site channel potential v (linear in K_c, J_c), so the basis of K_c is (f_c f_c^T) (x) v(1, 0) and that of
-    J_c is (f_c f_c^T) (x) v(0, 1) (:meth:`Adatom.lattice_potential` is their sum with the adatom's K_c, J_c).
-    """
+def adatom_couplings(model: TightBindingModel, adatom, shapes: Sequence[str] | None = None) -> Couplings:
+    """:class:`Couplings` K_<shape>, J_<shape> of an adatom's orbital channels (all, or those in ``shapes``):
+    V = sum_mu |d_mu> (K_mu tau_z + J_mu n.sigma) <d_mu| with the adatom's form factors and spin
+    (:mod:`shibajax.adatoms`), on the adatom's cluster of sites: the basis of K_mu is (f_mu f_mu^T) (x) v(1, 0)
+    and that of J_mu is (f_mu f_mu^T) (x) v(0, 1), v the one-site channel potential (linear in K, J), so that
+    :meth:`Adatom.lattice_potential` is their sum with the adatom's own K_mu, J_mu."""
+    from shibajax.adatoms import Adatom
     from shibajax.impurities import Channel, channel_potential
 
+    if not isinstance(adatom, Adatom):
+        raise FitError(f"adatom_couplings needs a shibajax.adatoms.Adatom; got {type(adatom).__name__}")
+    all_shapes = [c.shape for c in adatom.channels]
+    shapes = all_shapes if shapes is None else list(shapes)
+    unknown = [s for s in shapes if s not in all_shapes]
+    if unknown or not shapes or len(set(shapes)) != len(shapes):
+        raise FitError(
+            f"channels={shapes!r}: give distinct shapes of the adatom's channels {all_shapes} (or None for all)"
+        )
     sites, f = adatom.form_factors(model)
-    names, basis, orbs, labels = [], [], [], []
-    for i, (c, fc) in enumerate(zip(adatom.channels, f, strict=True)):
-        overlap = jnp.asarray(np.outer(fc, fc))
+    names, basis, orbs = [], [], []
+    for shape in shapes:
+        i = all_shapes.index(shape)
+        orbitals = adatom.channels[i].channel.orbitals
         for kind, (k, j) in (("K", (1.0, 0.0)), ("J", (0.0, 1.0))):
-            block = channel_potential(Channel(K=k, J=j, orbitals=c.channel.orbitals), adatom.spin, model.n_orb)
-            names.append(f"{kind}_{i}")
-            basis.append(jnp.kron(overlap, block))
-            orbs.append(tuple(range(model.n_orb)) if c.channel.orbitals is None else tuple(c.channel.orbitals))
-        labels.append(c.shape)
-    return Couplings(tuple(names), jnp.stack(basis), np.asarray(sites), tuple(orbs)), tuple(labels)
+            block = channel_potential(Channel(K=k, J=j, orbitals=orbitals), adatom.spin, model.n_orb)
+            names.append(f"{kind}_{shape}")
+            basis.append(jnp.kron(jnp.asarray(np.outer(f[i], f[i])), block))
+            orbs.append(tuple(range(model.n_orb)) if orbitals is None else orbitals)
+    return Couplings(tuple(names), jnp.stack(basis), np.asarray(sites, np.int64), tuple(orbs))
 
 
 def fit_host(model: TightBindingModel, impurity=None, *, kgrid, eta: float, channels=None) -> FitHost:
@@ -136,7 +146,10 @@ def fit_host(model: TightBindingModel, impurity=None, *, kgrid, eta: float, chan
     if isinstance(impurity, Adatom):
         if channels is not None:
             raise FitError("channels is for a lattice site; an Adatom brings its own orbital channels")
-        couplings, labels = adatom_couplings(model, impurity)
+        couplings = adatom_couplings(model, impurity)
+        labels = tuple(c.shape for c in impurity.channels)
+        index = {f"{kind}_{shape}": f"{kind}_{i}" for i, shape in enumerate(labels) for kind in ("K", "J")}
+        couplings = dataclasses.replace(couplings, names=tuple(index[n] for n in couplings.names))
         what = f"adatom at {impurity.position} ({', '.join(labels)})"
         _, f = impurity.form_factors(model)
         tip = tuple(int(x) for x in couplings.sites[int(np.argmax(np.sum(np.asarray(f) ** 2, axis=0)))])
