@@ -902,7 +902,12 @@ def fit_energies(
         )
     energies = t[None, :] + offsets
 
-    # ranking
+    # ranking; ties (every exact solution fits equally) broken by the assignment and the branches, never by the
+    # rounding-level residuals, so that the listing is the same on every machine
+    pa, br = np.asarray(p_of).reshape(len(residual), -1), np.asarray(branches).reshape(len(residual), -1)
+    tie_break = tuple(br[:, c] for c in reversed(range(br.shape[1]))) + tuple(
+        pa[:, c] for c in reversed(range(pa.shape[1]))
+    )
     score = scale = None
     if u2d is not None:
         w2 = 1.0 / sigma**2
@@ -911,11 +916,14 @@ def fit_energies(
         scale = np.full(num.shape, float(scale_fixed)) if scale_fixed is not None else np.maximum(num / den, 0.0)
         s = scale[:, None, None]
         score = np.sum(w2 * ((s * u2m - u2d) ** 2 + (s * v2m - v2d) ** 2), axis=(1, 2))
-        rank = np.lexsort((residual, score))
+        rank = np.lexsort((*tie_break, score))
         ranked_by = "extra data (chi^2 of the peak heights against scale x (|u|^2, |v|^2))"
     else:
-        rank = np.lexsort((residual, branches.sum(-1)))
-        ranked_by = "none: all fit the energies exactly (listed weak coupling first)"
+        rank = np.lexsort((*tie_break, branches.sum(-1)))
+        ranked_by = (
+            "none: all fit the energies exactly (listed weak coupling first, then by assignment; the order is a "
+            "listing, not a preference)"
+        )
     solutions = []
     for i in rank:
         values = {}
