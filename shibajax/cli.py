@@ -134,6 +134,32 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit_grid(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from shibajax.fitting.grid_commands import NETCDF, OUTPUTS, run_fit_grid
+
+    source = args.grid[0] if len(args.grid) == 1 else args.grid
+    print(f"shibajax fit-grid: {', '.join(args.grid[:3])}{' ...' if len(args.grid) > 3 else ''}", flush=True)
+    try:
+        result, folder = run_fit_grid(
+            source, args.config, args.out, restart=args.restart, log=lambda message: print(message, flush=True)
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {NETCDF} in the output folder holds every finished block of pixels; run the same "
+            "command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    classes = {str(c): int((result["class"] == c).sum()) for c in np.unique(result["class"].values)}
+    e_b = result["E_b"].values[np.isfinite(result["E_b"].values)]
+    span = f"E_b {e_b.min():.4f}-{e_b.max():.4f} meV" if e_b.size else "no pixel with an in-gap state"
+    print(f"{result.sizes['pixel']} pixels: {classes}; {span}")
+    print(f"wrote {', '.join(str(folder / name) for name in OUTPUTS)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``shibajax`` command."""
     parser = argparse.ArgumentParser(
@@ -142,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in JAX (float64).",
     )
     parser.add_argument("--version", action="version", version=f"shibajax {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{convolve,deconvolve,demo,fit,info,sweep}")
+    sub = parser.add_subparsers(dest="command", metavar="{convolve,deconvolve,demo,fit,fit-grid,info,sweep}")
 
     demo = sub.add_parser(
         "demo",
@@ -210,6 +236,24 @@ def build_parser() -> argparse.ArgumentParser:
         "from it, and refuses one written for another data file or config)",
     )
     ft.set_defaults(func=_cmd_fit)
+
+    fg = sub.add_parser(
+        "fit-grid",
+        help="fit every pixel of a measured grid (folder, glob or .3ds) and map E_b, K, J",
+        description="Fit K, J, scale and offset of every pixel of a grid of spectra in one compiled call (G0 "
+        "summed once for the host), classify pixels without an in-gap state by a model comparison, and write "
+        "grid_fit.nc (resumable), maps.png and pixels.png. See shibajax/fitting/grid_commands.py and "
+        "examples/fit_grid_mnpc.toml.",
+    )
+    fg.add_argument(
+        "grid", nargs="+", metavar="GRID", help="a Nanonis .3ds grid, a folder or glob of spectra, or several files"
+    )
+    fg.add_argument("--config", required=True, metavar="GRID.toml", help="fit configuration (TOML)")
+    fg.add_argument("--out", default=None, metavar="DIR", help="output folder (default: [fit] out of the config)")
+    fg.add_argument(
+        "--restart", action="store_true", help="discard grid_fit.nc in the output folder and fit every pixel again"
+    )
+    fg.set_defaults(func=_cmd_fit_grid)
     return parser
 
 

@@ -46,9 +46,7 @@ def test_one_call_equals_the_command_line_fit(tmp_path):
         "J_0": {"value": 28.0, "lower": 2.0, "upper": 40.0},
         "offset": {"value": 0.0, "lower": -0.1, "upper": 0.1},
     }
-    one = fit_spectrum(
-        SPECTRUM, host, params=params, bias_window=[-2.5, 2.5], energy_step=0.1, n_starts=2, max_iter=15
-    )
+    one = fit_spectrum(SPECTRUM, host, params=params, bias_window=[-2.5, 2.5], energy_step=0.1, n_starts=2, max_iter=15)
     for name in ("K_0", "J_0", "scale", "offset"):
         assert abs(one.values[name] - cli.values[name]) < 1e-6 * max(1.0, abs(cli.values[name])), name
     assert abs(one.result.loss - cli.loss) < 1e-9 * cli.loss

@@ -10,6 +10,7 @@ differentiated) and :class:`EnergyProblem`. Units and conventions: docs/conventi
 
 from shibajax.fitting.energies import EnergyProblem, ShibaEnergies, positive_energies
 from shibajax.fitting.fit import GOOD_MINIMUM, FitResult, fit, plot_fit, write_report
+from shibajax.fitting.grid import Anchor, GridProblem, PixelModel, fit_grid
 from shibajax.fitting.hosts import FitHost, adatom_couplings, fit_host
 from shibajax.fitting.model import Dataset, Problem, SpectrumModel
 from shibajax.fitting.one_call import EnergyFit, EnergySolution, fit_energies
@@ -20,6 +21,7 @@ from shibajax.fitting.workflows import SpectrumFit, fit_spectrum
 
 __all__ = [
     "GOOD_MINIMUM",
+    "Anchor",
     "Couplings",
     "Dataset",
     "EnergyFit",
@@ -28,9 +30,11 @@ __all__ = [
     "FitHost",
     "FitResult",
     "GreenBlocks",
+    "GridProblem",
     "MultiStart",
     "Parameter",
     "ParameterSpace",
+    "PixelModel",
     "Problem",
     "ShibaEnergies",
     "SpectrumFit",
@@ -38,6 +42,7 @@ __all__ = [
     "adatom_couplings",
     "coupling_basis",
     "fit",
+    "fit_grid",
     "fit_energies",
     "fit_host",
     "fit_spectrum",
