@@ -88,3 +88,40 @@ def svd(a: jax.Array, full_matrices: bool = True, compute_uv: bool = True):
         return jnp.linalg.svd(x, full_matrices=full_matrices, compute_uv=compute_uv)
 
     return _per_matrix(one, a, core_ndims=(2,))
+
+
+#: T-matrices of fits (``fitting.spectrum.t_matrix_trace``) are inverted by :func:`small_inv` up to this size R of the
+#: impurity space (one channel on one site: R = 4; five d channels: R = 20), above it by LAPACK (:func:`inv`).
+SMALL_R = 24
+
+
+def small_inv(a: jax.Array) -> jax.Array:
+    """Inverse of a (..., n, n) by Gauss-Jordan elimination with partial pivoting, unrolled over the n columns.
+
+    Plain array operations, no LAPACK call: vectorised over the leading dimensions (the energies of a spectrum)
+    where ``_linalg.inv`` on CPU maps one LAPACK call per matrix (0.2 against 0.8 ms for 401 4 x 4 matrices), and
+    safe under ``vmap`` on every platform. For the small, well-conditioned 1 - V G0 of a fit (n <= :data:`SMALL_R`);
+    agrees with ``jnp.linalg.inv`` to rounding (tests/test_fit_grid.py).
+
+    Example (a zero first pivot: rows swapped):
+        >>> import jax.numpy as jnp
+        >>> from shibajax._linalg import small_inv
+        >>> small_inv(jnp.array([[0.0, 2.0], [1.0, 1.0]])).round(12).tolist()
+        [[-0.5, 1.0], [0.5, 0.0]]
+    """
+    n = a.shape[-1]
+    m = jnp.concatenate([a, jnp.broadcast_to(jnp.eye(n, dtype=a.dtype), a.shape)], axis=-1)
+    rows = jnp.arange(n)
+    for k in range(n):
+        p = jnp.argmax(jnp.abs(m[..., k:, k]), axis=-1) + k  # (...,) pivot row
+        swap = jnp.where(rows == k, p[..., None], jnp.where(rows == p[..., None], k, rows))
+        m = jnp.take_along_axis(m, swap[..., None], axis=-2)
+        pivot = m[..., k : k + 1, :] / m[..., k : k + 1, k : k + 1]
+        m = m - m[..., :, k : k + 1] * pivot
+        m = m.at[..., k : k + 1, :].set(pivot)
+    return m[..., n:]
+
+
+def fit_inv(a: jax.Array) -> jax.Array:
+    """(..., n, n) inverse for the T-matrices of fits: :func:`small_inv` up to n = SMALL_R, else :func:`inv`."""
+    return small_inv(a) if a.shape[-1] <= SMALL_R else inv(a)

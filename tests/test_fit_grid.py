@@ -21,10 +21,11 @@ import xarray as xr
 from shared_data import REALDATA, require
 
 import shibajax
+from shibajax._linalg import small_inv
 from shibajax.errors import FitError
 from shibajax.fitting import SpectrumModel, coupling_basis, fit, green_blocks
 from shibajax.fitting.energies import ShibaEnergies
-from shibajax.fitting.grid import Anchor, GridProblem, PixelModel, fit_grid, small_inv
+from shibajax.fitting.grid import Anchor, GridProblem, PixelModel, fit_grid
 
 KGRID = (16, 16)
 ENERGIES = np.arange(-4.0, 4.0 + 1e-9, 0.02)  # meV: +-2.5 mV + 8 k_B T + lock-in + the offset bounds

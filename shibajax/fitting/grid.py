@@ -46,8 +46,8 @@ grid's own energies, s = E_m, and g interpolated at V - offset by a Lagrange pol
 :data:`INTERPOLATION_NODES` grid points: g is thermally smoothed (features no narrower than ~k_B T), so this is
 accurate to ~1e-10 relative at h ~ k_B T / 4 (1.06 K, h = 0.02 meV), and checked against the exact kernel when the
 fit is set up (:data:`INTERPOLATION_TOL`); building the exact kernel at every step instead costs ~20x more. The
-T-matrix of every step is inverted by :func:`small_inv` (plain array operations, vectorised over the energies)
-instead of one LAPACK call per energy (~3x faster on CPU; the same numbers to rounding).
+T-matrix of every step is inverted by ``shibajax._linalg.small_inv`` (plain array operations, vectorised over the
+energies) instead of one LAPACK call per energy (~3x faster on CPU; the same numbers to rounding), in every fit.
 
 **Output and checkpoints.** An ``xarray.Dataset`` on the grid's pixel coordinates (see :func:`fit_grid`), written to
 NetCDF after every block of pixels (atomically: an interruption loses at most the block in progress). The file
@@ -76,8 +76,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
 
+from shibajax._linalg import SMALL_R
 from shibajax.errors import FitError
 from shibajax.fitting.energies import ShibaEnergies
 from shibajax.fitting.fit import GOOD_MINIMUM
@@ -90,6 +90,7 @@ from shibajax.fitting.optimise import (
     describe_differences,
 )
 from shibajax.fitting.parameters import Parameter, ParameterSpace
+from shibajax.fitting.spectrum import t_matrix_trace
 
 #: Lagrange interpolation of g(s) at s = V - offset through this many energy-grid points (even; centred).
 INTERPOLATION_NODES = 12
@@ -111,68 +112,6 @@ BLOCK_PER_DEVICE = 8
 
 
 # ------------------------------------------------------------------------------------ the pixel model
-
-#: The T-matrix of :class:`PixelModel` is inverted by Gauss-Jordan elimination in plain array operations up to this
-#: size R of the impurity space (one channel on one site: R = 4; five d channels: R = 20), above it by LAPACK.
-SMALL_R = 24
-
-
-def small_inv(a: jax.Array) -> jax.Array:
-    """Inverse of a (..., n, n) by Gauss-Jordan elimination with partial pivoting, unrolled over the n columns.
-
-    Plain array operations, no LAPACK call: vectorised over the leading dimensions (the energies of a spectrum)
-    where ``_linalg.inv`` on CPU maps one LAPACK call per matrix (0.2 against 0.8 ms for 401 4 x 4 matrices), and
-    safe under ``vmap`` on every platform. For the small, well-conditioned 1 - V G0 of a fit (n <= :data:`SMALL_R`);
-    agrees with ``jnp.linalg.inv`` to rounding (tests/test_fit_grid.py).
-
-    Example (a zero first pivot: rows swapped):
-        >>> import jax.numpy as jnp
-        >>> from shibajax.fitting.grid import small_inv
-        >>> small_inv(jnp.array([[0.0, 2.0], [1.0, 1.0]])).round(12).tolist()
-        [[-0.5, 1.0], [0.5, 0.0]]
-    """
-    n = a.shape[-1]
-    m = jnp.concatenate([a, jnp.broadcast_to(jnp.eye(n, dtype=a.dtype), a.shape)], axis=-1)
-    rows = jnp.arange(n)
-    for k in range(n):
-        p = jnp.argmax(jnp.abs(m[..., k:, k]), axis=-1) + k  # (...,) pivot row
-        swap = jnp.where(rows == k, p[..., None], jnp.where(rows == p[..., None], k, rows))
-        m = jnp.take_along_axis(m, swap[..., None], axis=-2)
-        pivot = m[..., k : k + 1, :] / m[..., k : k + 1, k : k + 1]
-        m = m - m[..., :, k : k + 1] * pivot
-        m = m.at[..., k : k + 1, :].set(pivot)
-    return m[..., n:]
-
-
-@jax.custom_jvp
-def _trace(v: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
-    """Tr[T(E) W_p(E)] (n_E, n_pos), T = (1 - V G)^-1 V: ``fitting.spectrum.t_matrix_trace`` with the inverse of
-    :func:`small_inv`, and the same written-out derivative (one product per direction)."""
-    eye = jnp.eye(v.shape[-1], dtype=jnp.complex128)
-    return jnp.einsum("zrs,zpsr->zp", small_inv(eye - v @ g) @ v, w)
-
-
-def _trace_jvp(primals, tangents):
-    v, g, w = primals
-    dv, dg, dw = (None if isinstance(t, SymbolicZero) else t for t in tangents)
-    eye = jnp.eye(v.shape[-1], dtype=jnp.complex128)
-    a_inv = small_inv(eye - v @ g)
-    tm = a_inv @ v
-    w_a = jnp.einsum("zpst,ztr->zpsr", w, a_inv)  # W_p A^-1
-    out = jnp.einsum("zrs,zpsr->zp", tm, w)
-    d_out = jnp.zeros_like(out)
-    if dv is not None:
-        x = jnp.einsum("zqs,zpsr->zpqr", eye + g @ tm, w_a)  # (1 + G T) W_p A^-1
-        d_out = d_out + jnp.einsum("rs,zpsr->zp", dv, x)
-    if dg is not None:
-        y = jnp.einsum("zqs,zpsr,rt->zpqt", tm, w_a, v)  # T W_p A^-1 V
-        d_out = d_out + jnp.einsum("zrs,zpsr->zp", dg, y)
-    if dw is not None:
-        d_out = d_out + jnp.einsum("zrs,zpsr->zp", tm, dw)
-    return out, d_out
-
-
-_trace.defjvp(_trace_jvp, symbolic_zeros=True)
 
 
 def _lagrange(g: jax.Array, e0: float, h: float, s: jax.Array, nodes: int) -> jax.Array:
@@ -212,12 +151,7 @@ def _evaluate(a: PixelArrays, values: Mapping, *, names, position: int, shifted:
     """dI/dV (n_v,) of :class:`PixelModel` from its arrays and the parameter values by name."""
     theta = jnp.stack([jnp.asarray(values[n], jnp.float64) for n in names])
     v = jnp.einsum("c,crs->rs", theta.astype(jnp.complex128), a.basis)  # Couplings.potential
-    if a.g_imp.shape[-1] <= SMALL_R:
-        trace = _trace(v, a.g_imp, a.weights)
-    else:
-        from shibajax.fitting.spectrum import t_matrix_trace
-
-        trace = t_matrix_trace(v, a.g_imp, a.weights)
+    trace = t_matrix_trace(v, a.g_imp, a.weights)  # small_inv for R <= SMALL_R
     rho = -(a.bare_trace + trace).imag[:, position] / jnp.pi / a.normal_dos
     g = a.kernel @ rho
     if shifted:

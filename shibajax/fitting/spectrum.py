@@ -39,7 +39,7 @@ from shibajax.greens_function import (
 )
 from shibajax.impurities import Channel, Impurity, impurity_potential
 from shibajax.models.tight_binding import TightBindingModel
-from shibajax.tmatrix import block_matrix, t_matrix, unique_displacements
+from shibajax.tmatrix import block_matrix, unique_displacements
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +229,8 @@ def t_matrix_trace(v: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
     ``jax.linearize`` + vmap over the parameter directions) then contract the n_c directions with the
     precomputed X_p only.
     """
-    return jnp.einsum("zrs,zpsr->zp", t_matrix(v, g), w)
+    eye = jnp.eye(v.shape[-1], dtype=jnp.complex128)
+    return jnp.einsum("zrs,zpsr->zp", _linalg.fit_inv(eye - v @ g) @ v, w)  # T = (1 - V G)^-1 V
 
 
 def _t_matrix_trace_jvp(primals, tangents):
@@ -238,7 +239,7 @@ def _t_matrix_trace_jvp(primals, tangents):
     v, g, w = primals
     dv, dg, dw = (None if isinstance(t, SymbolicZero) else t for t in tangents)
     eye = jnp.eye(v.shape[-1], dtype=jnp.complex128)
-    a_inv = _linalg.inv(eye - v @ g)  # (n_E, R, R)
+    a_inv = _linalg.fit_inv(eye - v @ g)  # (n_E, R, R): Gauss-Jordan up to R = SMALL_R (no LAPACK call per E)
     tm = a_inv @ v
     w_a = jnp.einsum("zpst,ztr->zpsr", w, a_inv)  # W_p A^-1
     out = jnp.einsum("zrs,zpsr->zp", tm, w)

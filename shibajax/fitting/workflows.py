@@ -100,11 +100,13 @@ def fit_spectrum(
     Returns:
         :class:`SpectrumFit` (``.values``, ``.errors``, ``.summary()``, ``.plot(path)``, ``.write_report(path)``).
 
-    Example:
-        >>> import shibajax  # doctest: +SKIP
-        >>> from shibajax.fitting import fit_spectrum, fit_host
-        >>> host = fit_host(shibajax.models.square(t=10.0, mu=-20.0, delta=1.305), kgrid=(64, 64), eta=0.047)
-        >>> fit = fit_spectrum("MnPc_Spec001.dat", host, bias_window=[-2.5, 2.5])
+    Example (a measured file; tests/test_fit_spectrum_call.py runs it on the shared MnPc/Pb(111) spectrum)::
+
+        import shibajax
+        from shibajax.fitting import fit_spectrum, fit_host
+        host = fit_host(shibajax.models.square(t=10.0, mu=-20.0, delta=1.305), kgrid=(64, 64), eta=0.047)
+        fit = fit_spectrum("MnPc_Spec001.dat", host, bias_window=[-2.5, 2.5])
+        print(fit.summary())
     """
     from shibajax.fitting import Dataset, Problem, SpectrumModel, fit, green_blocks
     from shibajax.fitting.commands import (
