@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy_reference
+from environment import environment
 
 import shibajax
 
@@ -339,19 +339,6 @@ def format_targets(rows: list[dict]) -> str:
                 f"target >= {TARGET_FIVE_ORBITAL_RATIO:g}x {ok}"
             )
     return "\n".join(lines)
-
-
-def environment() -> dict:
-    """Where the numbers were measured."""
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "numpy": np.__version__,
-        "jax_devices": [str(d) for d in jax.devices()],
-        "shibajax": shibajax.__version__,
-    }
 
 
 def run(sizes, repeats: int = 3, cases=tuple(CASES), verbose: bool = True, cold: bool = False) -> dict:

@@ -42,8 +42,6 @@ import argparse
 import importlib
 import json
 import math
-import os
-import platform
 import sys
 import time
 from functools import partial
@@ -57,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy_reference
+from environment import environment
 
 import shibajax
 from shibajax import _linalg
@@ -307,19 +306,6 @@ def format_report(gemm: dict, rows: list[dict]) -> str:
             cells.append(f"{t:>7.4f} s {share:>3.0%}{rate}")
         lines.append(f"{r['model']:<13} {r['task']:<13} " + " ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
-
-
-def environment() -> dict:
-    """Where the numbers were measured."""
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "jax_devices": [str(d) for d in jax.devices()],
-        "shibajax": shibajax.__version__,
-    }
 
 
 def main(argv=None) -> dict:

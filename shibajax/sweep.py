@@ -69,7 +69,6 @@ import copy
 import functools
 import json
 import math
-import os
 import sys
 import time
 from functools import partial
@@ -80,6 +79,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shibajax._files import write_netcdf_atomic
 from shibajax.bound_states import bound_state_energies
 from shibajax.clusters import chain_sites, impurities_at, spiral_spins
 from shibajax.config import ConfigError, check_keys, load_toml, number, positive_int
@@ -383,16 +383,6 @@ def _open_existing(path: Path, config_json: str):
     return ds
 
 
-def _write_atomic(ds, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        ds.to_netcdf(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 _STATE = ("energy", "multiplicity", "n_states", "gap_edge", "has_gap", "converged", "done")
 
 
@@ -414,7 +404,7 @@ def _initial_dataset(path: Path, grid: _Grid, config_json: str, writer: bool):
             else:
                 ds = _empty_dataset(grid, grid.n_states())
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomic(ds, path)
+                write_netcdf_atomic(ds, path)
         except (OSError, SweepConfigError) as err:
             error = err
     if jax.process_count() == 1:
@@ -528,7 +518,7 @@ def run_sweep(config: dict, out_path, *, chunk: int = DEFAULT_CHUNK, progress: b
                     ds[name].values[...] = col.reshape(ds[name].shape)
                 ds["done"].values[...] = done_flat.reshape(ds["done"].shape)
                 if writer:
-                    _write_atomic(ds, path)
+                    write_netcdf_atomic(ds, path)
                 chunks_done += 1
                 bar.update(n)
                 if on_chunk is not None:
@@ -560,8 +550,9 @@ def output_path(config_path, out_path=None) -> Path:
     return Path(out_path) if out_path is not None else Path(Path(config_path).stem + ".nc")
 
 
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
     """Join a multi-process run (``jax.distributed.initialize``); call before any other JAX work.
 
     On SLURM, Open MPI or Kubernetes the three arguments may be None (JAX detects them); elsewhere give them (or
@@ -573,8 +564,7 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         raise SweepConfigError(f"--process-id must be in 0 .. num_processes - 1; got {process_id}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     except (RuntimeError, ValueError) as err:
         raise SweepConfigError(
             f"cannot join the multi-process run ({err}); outside SLURM/Open MPI/Kubernetes give --coordinator "

@@ -3,27 +3,14 @@ counts its flops by the documented formula and prints a GEMM fraction that is a 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmark_loader import load_benchmark
 
 
 def test_quick_kernel_benchmark_prints_a_sane_gemm_fraction(tmp_path, capsys):
-    bench = _load("bench_kernel")
+    bench = load_benchmark("bench_kernel")
     out = tmp_path / "kernel.json"
     results = bench.main(["--quick", "--repeats", "1", "--only", "one-orbital:LDOS", "--json", str(out)])
     printed = capsys.readouterr().out

@@ -3,33 +3,19 @@ and produces a table of positive timings (a few seconds on 2 CPU cores)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from benchmark_loader import load_benchmark
 
 import shibajax
-
-BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
-    bench = _load("bench_core")
+    bench = load_benchmark("bench_core")
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     results = bench.main(["--quick", "--json", str(out)])
     return bench, results, out
@@ -79,8 +65,8 @@ def test_check_agreement_rejects_a_mismatch(quick_results):
 
 def test_reference_hamiltonian_matches_library_convention():
     """The independent NumPy H_BdG(k) equals shibajax's at generic k (Rashba square and five-orbital models)."""
-    bench = _load("bench_core")
-    ref = _load("numpy_reference")
+    bench = load_benchmark("bench_core")
+    ref = load_benchmark("numpy_reference")
     from shibajax.models.tight_binding import bdg_hamiltonian
 
     k = np.array([[0.3, 1.7], [2.9, -0.4], [np.pi, 0.5]])
@@ -100,7 +86,7 @@ def test_reference_hamiltonian_matches_library_convention():
 
 def test_quick_sweep_benchmark_agrees_with_numpy_loop(capsys):
     """bench_sweep --quick: the sweep and the NumPy loop find the same states (to 1e-10) and a positive ratio."""
-    bench = _load("bench_sweep")
+    bench = load_benchmark("bench_sweep")
     result = bench.main(["--quick", "--repeats", "1"])
     assert result["configurations"] == 40 and result["L"] == 8
     assert result["n_states"] > 0 and result["n_states"] % 2 == 0  # +-E pairs
@@ -111,7 +97,7 @@ def test_quick_sweep_benchmark_agrees_with_numpy_loop(capsys):
 
 
 def test_sweep_benchmark_comparison_rejects_a_mismatch():
-    bench = _load("bench_sweep")
+    bench = load_benchmark("bench_sweep")
     energies = np.array([[-0.1, 0.1, np.nan]])
     assert bench.compare(energies, [np.array([-0.1, 0.1])]) == 0.0
     with pytest.raises(AssertionError, match="states"):
@@ -124,7 +110,7 @@ def test_fit_benchmark_quick_converges_like_scipy():
     """benchmarks/bench_fit.py --quick: the jitted L-BFGS, Levenberg-Marquardt and scipy's finite-difference
     least_squares reach the same chi^2 (to 1e-6 relative: all stop on tight criteria), and every timing is
     positive."""
-    out = _load("bench_fit").main(["--quick"])
+    out = load_benchmark("bench_fit").main(["--quick"])
     assert out["time_shibajax_s"] > 0 and out["time_scipy_s"] > 0 and out["ratio_scipy_over_shibajax"] > 0
     assert out["loss_shibajax"] == pytest.approx(out["loss_scipy"], rel=1e-6)
     assert out["loss_shibajax_lm"] == pytest.approx(out["loss_scipy"], rel=1e-6)

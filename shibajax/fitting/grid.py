@@ -77,6 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shibajax._files import write_netcdf_atomic
 from shibajax._linalg import SMALL_R
 from shibajax.errors import FitError
 from shibajax.fitting.energies import ShibaEnergies
@@ -1086,15 +1087,10 @@ def _canonical_ds(ds):
 
 
 def _write_atomic(ds, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        ds.to_netcdf(tmp)
-        os.replace(tmp, path)
+        write_netcdf_atomic(ds, path)
     except OSError as err:
         raise FitError(f"cannot write the grid fit to {path}: {err.strerror or err}; choose a writable path") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 RESTART_HINT_GRID = "Delete it (or pass restart=True) to start over, or write elsewhere (another out path)."

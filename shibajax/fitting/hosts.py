@@ -380,15 +380,10 @@ def n_channels(resolved: dict) -> int:
         return 5
     if host["model"] == "nb110":
         return 1
-    return int(tomllib.loads(Path(host["hoppings"]).read_text()).get("n_orb", 1)) if _readable(host) else 1
-
-
-def _readable(host) -> bool:
-    try:
-        tomllib.loads(Path(host["hoppings"]).read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
-    return True
+    try:  # a table that cannot be read is reported with its reason when the model is built
+        return int(tomllib.loads(Path(host["hoppings"]).read_text()).get("n_orb", 1))
+    except (OSError, tomllib.TOMLDecodeError, TypeError, ValueError):
+        return 1
 
 
 def build_model(host: dict) -> TightBindingModel:
